@@ -13,7 +13,6 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
@@ -27,27 +26,27 @@ log = logging.getLogger("decide")
 class DecideGroup(TyperGroup):
     """Turns our errors into one line and the right exit code, for every subcommand."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DecideError as exc:
             if _debug(ctx):
                 raise
             error_line(str(exc))
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except ValidationError as exc:
             if _debug(ctx):
                 raise
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "input"
             error_line(f"{field}: {err['msg']}")
-            raise click.exceptions.Exit(2) from None
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             error_line("interrupted")
-            raise click.exceptions.Exit(130) from None
+            raise typer.Exit(130) from None
 
 
-def _debug(ctx: click.Context) -> bool:
+def _debug(ctx: typer.Context) -> bool:
     root = ctx.find_root()
     return bool((root.obj or {}).get("debug")) or os.environ.get("DECIDE_DEBUG") == "1"
 

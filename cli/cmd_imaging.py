@@ -1,0 +1,175 @@
+"""Imaging commands: `phantom`, `train`, `predict`, `import-weights`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.output import console, emit, err_console, fmt_float
+from cli.progress import train_progress
+from cxr.errors import InvalidInput
+from cxr.images import write_folder
+from cxr.infer import predict_files
+from cxr.phantom import SPLITS, PhantomConfig
+from cxr.sources import HELP as SOURCE_HELP
+from cxr.sources import open_source
+from cxr.spec import PRESETS, ArchSpec, preset
+from cxr.train import TrainConfig, train
+from cxr.weights import load_model, save_model
+from cxr.xrv_import import import_checkpoint
+from registry.settings import get_settings
+
+
+def _spec(value: str) -> ArchSpec:
+    if value in PRESETS:
+        return preset(value)
+    p = Path(value)
+    if p.suffix == ".json" and p.is_file():
+        return ArchSpec.from_json(p.read_text())
+    raise InvalidInput(f"expected a preset ({', '.join(PRESETS)}) or a spec .json file, got {value!r}", field="spec")
+
+
+def phantom_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder to write PNG files and labels.csv into."),
+    site: str = typer.Option("site-a", help="Hospital profile: site-a (PA-heavy), site-b (AP-heavy), site-c."),
+    split: str = typer.Option("train", help=f"Patient split: {', '.join(SPLITS)}."),
+    n: int = typer.Option(1000, help="Number of images."),
+    resolution: int = typer.Option(64, help="Image size in pixels (square)."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same images and labels."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write a deterministic phantom chest X-ray set (PNG + labels.csv) to a folder.
+
+    Labels, patients, ages, sexes and views come from real NIH ChestX-ray14 rows;
+    read the folder back with `--data folder:OUT`.
+    """
+    from cxr.data import phantom_dataset
+
+    with err_console.status(f"rendering {n} phantom films"):
+        ds = phantom_dataset(PhantomConfig(site=site, split=split, n=n, resolution=resolution, seed=seed))
+        csv_path = write_folder(ds, out)
+    summary = ds.summary() | {"out": str(out), "csv": str(csv_path)}
+    emit(summary, as_json, lambda: _print_summary(summary))
+
+
+def _print_summary(s: dict) -> None:
+    t = Table(title=f"{s['name']}: {s['n']} images, {s['patients']} patients, AP {s['ap_fraction']:.0%}")
+    t.add_column("pathology")
+    t.add_column("positives", justify="right")
+    for p, k in s["positives"].items():
+        t.add_row(p, str(k))
+    console.print(t)
+    console.print(f"digest {s['digest'][:16]}…  written to {s.get('out', '')}")
+
+
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="Where to write the trained weights (.safetensors)."),
+    data: str = typer.Option("phantom:site-a", help=f"Training data: {SOURCE_HELP}."),
+    spec: str = typer.Option("compact", help=f"Architecture: a preset ({', '.join(PRESETS)}) or a spec .json."),
+    n: int = typer.Option(8000, help="Training images to use."),
+    epochs: int = typer.Option(5, help="Epochs."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    lr: float = typer.Option(4e-3, help="Peak learning rate (one-cycle)."),
+    seed: int = typer.Option(0, help="Seed for weights, data order and augmentation."),
+    checkpoints: Path | None = typer.Option(
+        None, help="Checkpoint folder: written every epoch, resumed from when the job matches."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train a torchxrayvision-style DenseNet on a data source and save safetensors weights.
+
+    Interrupted? Run the same command again with the same --checkpoints folder: it resumes.
+    """
+    arch = _spec(spec)
+    home = get_settings().home_dir
+    with err_console.status("preparing data"):
+        ds = open_source(data, resolution=arch.resolution, split="train", n=n, seed=seed, cache_dir=home / "cache")
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    with train_progress(epochs, enabled=not as_json) as cb:
+        res = train(arch, ds, cfg, checkpoint_dir=checkpoints, progress=cb)
+    w = save_model(out, res.model)
+    result = {
+        "out": str(out),
+        "weights_sha256": w.weights_sha256,
+        "spec": json.loads(arch.to_json()),
+        "data": ds.summary(),
+        "epochs": res.history,
+        "resumed_from_epoch": res.resumed_from_epoch,
+        "seconds": round(res.seconds, 2),
+    }
+    emit(result, as_json, lambda: console.print(
+        f"trained {len(ds)} images × {epochs} epochs in {res.seconds:.1f}s → {out} (sha256 {w.weights_sha256[:16]}…)"
+    ))
+
+
+def predict_cmd(
+    images: list[Path] = typer.Argument(..., help="PNG or JPEG chest X-rays."),
+    weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (digest-checked on load)."),
+    top: int = typer.Option(5, help="Findings to show per image in the table."),
+    as_json: bool = typer.Option(False, "--json", help="Print every probability as JSON."),
+) -> None:
+    """Score chest X-ray images (torchxrayvision normalisation: [-1024, 1024], center crop, resize)."""
+    model, _w = load_model(weights)
+    rows = predict_files(model, images)
+
+    def render() -> None:
+        t = Table(title=f"{len(rows)} image(s)")
+        t.add_column("image")
+        t.add_column(f"top {top} findings (probability)")
+        for r in rows:
+            best = sorted(r["scores"].items(), key=lambda kv: -kv[1]["probability"])[:top]
+            t.add_row(Path(r["path"]).name, ", ".join(f"{k} {fmt_float(v['probability'])}" for k, v in best))
+        console.print(t)
+
+    emit(rows, as_json, render)
+
+
+def import_weights_cmd(
+    source: str = typer.Argument(..., help="A checkpoint path, or a torchxrayvision weights name in its cache dir."),
+    out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="Allow unpickling (torchxrayvision's files are pickled modules). Only for trusted files.",
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, help="torchxrayvision cache dir (default ~/.torchxrayvision/models_data)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Convert a torchxrayvision checkpoint (e.g. densenet121-res224-all) to safetensors. Never downloads.
+
+    Writes OUT and OUT's thresholds next to it (OUT with suffix .thresholds.json); NaN
+    operating thresholds are masked (null), never turned into 0.5.
+    """
+    imp = import_checkpoint(source, trust_pickle=trust_pickle, cache_dir=cache_dir)
+    from cxr.model import build_model, parameter_count
+
+    model = build_model(imp.spec)
+    model.load_state_dict(imp.state, strict=True)
+    w = save_model(out, model)
+    thr_path = out.with_suffix(".thresholds.json")
+    thr_path.write_text(json.dumps(imp.thresholds, indent=2))
+    result = {
+        "source": imp.source_path,
+        "source_sha256": imp.source_sha256,
+        "unpickled": imp.unpickled,
+        "out": str(out),
+        "weights_sha256": w.weights_sha256,
+        "thresholds": str(thr_path),
+        "parameters": parameter_count(model),
+        "spec": json.loads(imp.spec.to_json()),
+    }
+    emit(result, as_json, lambda: console.print(
+        f"imported {imp.source_path} ({result['parameters']:,} parameters) → {out} (sha256 {w.weights_sha256[:16]}…)"
+    ))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("phantom")(phantom_cmd)
+    app.command("train")(train_cmd)
+    app.command("predict")(predict_cmd)
+    app.command("import-weights")(import_weights_cmd)

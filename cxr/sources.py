@@ -1,0 +1,53 @@
+"""Parse a data-source string from the command line into a `CXRDataset`.
+
+    phantom:SITE              the phantom (site-a, site-b, site-c); --split and --n choose rows
+    folder:DIR                PNG/JPEG under DIR, labels in DIR/labels.csv
+    folder:DIR:CSV            ... labels in CSV
+    nih:DIR                   torchxrayvision's NIH_Dataset over the images in DIR
+
+For non-phantom sources the split is made by patient (`split_by_patient`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxr.data import CXRDataset, folder_dataset, nih_dataset, phantom_dataset, split_by_patient
+from cxr.errors import InvalidInput
+from cxr.phantom import SPLITS, PhantomConfig
+
+HELP = "phantom:SITE | folder:DIR[:CSV] | nih:DIR"
+
+
+def open_source(
+    source: str,
+    *,
+    resolution: int,
+    split: str = "train",
+    n: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> CXRDataset:
+    """Open `source` and return the rows of `split` (at most `n` of them)."""
+    kind, _, rest = source.partition(":")
+    if split not in SPLITS:
+        raise InvalidInput(f"unknown split {split!r}; choose one of {list(SPLITS)}", field="split")
+    if kind == "phantom":
+        return phantom_dataset(
+            PhantomConfig(site=rest or "site-a", split=split, n=n or 1000, resolution=resolution, seed=seed),
+            cache_dir=cache_dir,
+        )
+    if kind == "folder":
+        folder, _, csv = rest.partition(":")
+        if not folder:
+            raise InvalidInput(f"expected {HELP}", field="source")
+        ds = folder_dataset(folder, csv or Path(folder) / "labels.csv", resolution)
+    elif kind == "nih":
+        if not rest:
+            raise InvalidInput(f"expected {HELP}", field="source")
+        ds = nih_dataset(rest, resolution)
+    else:
+        raise InvalidInput(f"unknown source {source!r}; expected {HELP}", field="source")
+    fractions = {"train": 0.55, "calibration": 0.15, "evaluation": 0.15, "feedback": 0.15}
+    part = split_by_patient(ds, fractions, seed)[split]
+    return part.subset(range(min(n, len(part)))) if n else part
