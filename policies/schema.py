@@ -1,0 +1,202 @@
+"""The policy schema: what each treatment costs and fixes, the SLOs, the gate, calibration and learning knobs.
+
+A policy is data, not code: it is read from TOML, validated here, and its digest is
+recorded with every decision so an auditor can see which rules made it. Every model
+forbids unknown keys, so a typo (`prior_cots`) is an error, never a silent default.
+The decision code that interprets these numbers lives in `decision/`; this package
+must not import it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from cxr.spec import XRV_PATHOLOGIES
+
+__all__ = [
+    "BUILTIN_TREATMENTS",
+    "CALIBRATION_METHODS",
+    "ISSUE_KINDS",
+    "SLO",
+    "CalibrationPolicy",
+    "CostModel",
+    "GatePolicy",
+    "IssueKind",
+    "Learning",
+    "Policy",
+    "Preconditions",
+    "SLOs",
+    "TreatmentPolicy",
+]
+
+IssueKind = Literal["false_positives", "false_negatives", "auroc_drop", "calibration_drift", "footprint"]
+ISSUE_KINDS: tuple[str, ...] = get_args(IssueKind)
+CalibrationMethod = Literal["youden", "f1", "precision_floor", "recall_floor", "false_positives", "false_negatives"]
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
+#: Built-in treatments, cheapest first (the paper's empirical cost matrix).
+BUILTIN_TREATMENTS: tuple[str, ...] = (
+    "no_action",
+    "threshold_calibration",
+    "surgical_correction",
+    "head_retrain",
+    "f_reoptimization",
+    "augmentation_retrain",
+    "full_retrain",
+)
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preconditions(_Strict):
+    """What a report must carry before a treatment may be tried."""
+
+    requires_case_evidence: bool = False  # e.g. surgery needs case-level false positives to attribute
+    min_cases: int = Field(0, ge=0)  # the report's case count must reach this
+
+
+class TreatmentPolicy(_Strict):
+    """One treatment's prior cost (paper's scale: 0 nothing .. 10 full retrain), reach, odds and defaults."""
+
+    enabled: bool = True
+    prior_cost: float = Field(ge=0.0)
+    fixes: tuple[IssueKind, ...] = ()
+    preconditions: Preconditions = Preconditions()
+    p_success: dict[IssueKind, Probability] = Field(default_factory=dict)  # prior p(success) per issue kind
+    p_success_default: Probability = 0.5  # for a kind in `fixes` without its own entry
+    needs_approval: bool = False
+    params: dict[str, Any] = Field(default_factory=dict)  # free table, validated by the treatment plugin
+    description: str = ""
+
+    @field_validator("fixes")
+    @classmethod
+    def _sorted_unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _p_for_fixed_kinds(self) -> TreatmentPolicy:
+        stray = sorted(set(self.p_success) - set(self.fixes))
+        if stray:
+            raise ValueError(f"p_success given for kinds not in fixes: {', '.join(stray)}")
+        return self
+
+    def prior_p(self, kind: str) -> float:
+        """Prior probability that this treatment fixes an issue of `kind`."""
+        return self.p_success.get(kind, self.p_success_default)  # type: ignore[call-overload]
+
+
+class SLO(_Strict):
+    """Service levels for one pathology; None means no requirement."""
+
+    min_recall: Probability | None = None
+    max_fpr: Probability | None = None
+    min_auroc: Rate | None = None
+
+
+class SLOs(_Strict):
+    """Default SLO plus per-pathology overrides (only the keys an override sets replace the default)."""
+
+    default: SLO = SLO(min_recall=0.8, max_fpr=0.3, min_auroc=0.7)
+    extra_pathologies: tuple[str, ...] = ()  # names beyond torchxrayvision's 18 that overrides may use
+    pathologies: dict[str, SLO] = Field(default_factory=dict)
+
+    @field_validator("pathologies")
+    @classmethod
+    def _known_pathologies(cls, v: dict[str, SLO], info: ValidationInfo) -> dict[str, SLO]:
+        known = set(XRV_PATHOLOGIES) | set(info.data.get("extra_pathologies", ()))
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown pathology {', '.join(unknown)} (declare custom names in slos.extra_pathologies)")
+        return v
+
+    def for_pathology(self, name: str) -> SLO:
+        """The default SLO with `name`'s override applied."""
+        override = self.pathologies.get(name)
+        if override is None:
+            return self.default
+        return self.default.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+
+class GatePolicy(_Strict):
+    """What a candidate version must show on held-out data before it is promoted."""
+
+    alpha: Probability = 0.05  # two-sided level of the DeLong intervals (0.05: 95%)
+    noninferiority_margin: Rate = 0.02  # a pathology fails if lo(delta AUROC) < -margin
+    target_rule: Literal["meet_target", "improve", "meet_or_improve"] = "meet_target"
+    min_improvement: Rate = 0.0  # for "improve": the metric must move the right way by at least this
+    max_tp_loss: int | None = Field(None, ge=0)  # absolute cap on the target's lost true positives
+    max_tp_loss_fraction: Rate | None = 0.1  # ... and as a fraction of the parent's true positives
+    recall_floor: Probability | None = None  # target recall floor; None: the target's SLO min_recall
+
+
+class CalibrationPolicy(_Strict):
+    """How threshold calibration picks an operating point, and when it must warn."""
+
+    default_method: CalibrationMethod = "f1"
+    delta: Probability = 0.05  # recall/precision floors hold with probability >= 1 - delta
+    max_precision_drop: Rate = 0.2  # warn when calibration precision falls more than this
+    min_precision: Probability | None = None  # precision floor for the false-negative chooser
+    fpr_delta: Probability | None = None  # certify the FPR target on new data too (None: calibration data)
+
+
+class CostModel(_Strict):
+    """Maps a measured run to the cost scale: base + (wall_seconds / reference_seconds) ** time_exponent
+    + parameter_weight * log10(1 + trainable_parameters / reference_parameters).
+
+    The defaults reproduce the paper's matrix: <1 s -> ~1.1, 85 s with 18K parameters -> ~2.0,
+    5-10 minutes -> ~2.8-3.5, 1.5-3 hours with 3.4M parameters -> ~8.4-11.
+    """
+
+    base: float = Field(1.0, ge=0.0)
+    reference_seconds: float = Field(85.0, gt=0.0)
+    time_exponent: float = Field(0.47, gt=0.0)
+    parameter_weight: float = Field(0.25, ge=0.0)
+    reference_parameters: float = Field(1e5, gt=0.0)
+
+
+class Learning(_Strict):
+    """How history updates the priors: pseudo-counts for the Beta prior and the cost blend."""
+
+    prior_strength: float = Field(4.0, gt=0.0)
+    cost_prior_strength: float | None = Field(None, gt=0.0)  # None: same as prior_strength
+    cost_model: CostModel = CostModel()
+
+    @property
+    def cost_strength(self) -> float:
+        return self.prior_strength if self.cost_prior_strength is None else self.cost_prior_strength
+
+
+class Policy(_Strict):
+    """A whole decision policy; `policies.policy_digest` identifies it in the audit trail."""
+
+    name: str = "default"
+    version: int = Field(1, ge=1)
+    description: str = ""
+    treatments: dict[str, TreatmentPolicy]
+    slos: SLOs = SLOs()
+    gate: GatePolicy = GatePolicy()
+    calibration: CalibrationPolicy = CalibrationPolicy()
+    learning: Learning = Learning()
+
+    @field_validator("treatments")
+    @classmethod
+    def _names(cls, v: dict[str, TreatmentPolicy]) -> dict[str, TreatmentPolicy]:
+        bad = [k for k in v if not _NAME.match(k)]
+        if bad:
+            raise ValueError(f"treatment names must be snake_case: {', '.join(bad)}")
+        return v
+
+    def treatment(self, name: str) -> TreatmentPolicy | None:
+        return self.treatments.get(name)
+
+    def unknown_treatments(self, installed) -> list[str]:
+        """Policy entries with no installed plugin among `installed` (a likely typo), sorted."""
+        return sorted(set(self.treatments) - set(installed))
