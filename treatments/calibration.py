@@ -1,0 +1,93 @@
+"""Threshold calibration (cost 1): move one pathology's operating point.
+
+For a false-positive report it looks, on the calibration data of the report's
+site, for the lowest threshold that meets the false-positive-rate target while
+keeping the recall floor *with a statistical guarantee*; for a false-negative
+report, the highest threshold whose recall is guaranteed. When the target
+cannot be met without breaking the recall floor, it still proposes the best
+threshold the floor allows, says so, and lets the gate decide on held-out data
+(the engine then escalates). It never silently trades precision away: the
+precision/recall trade of every method is attached to the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxr.thresholds import (
+    choose_for_false_negatives,
+    choose_for_false_positives,
+    choose_operating_point,
+    f1_optimal,
+    recall_floor,
+    tradeoff_table,
+    youden,
+)
+from treatments.base import PlanningContext, ReportInfo, TreatmentContext, TreatmentResult, probabilities, site_or_all
+
+
+class CalibrationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_site_cases: int = Field(200, ge=1, description="Use the report's site alone when it has this many cases.")
+    drift_method: str = Field("f1", description="Operating point for calibration drift: f1 or youden.")
+    max_precision_drop: float = Field(0.2, ge=0, le=1)
+
+
+class ThresholdCalibration:
+    name = "threshold_calibration"
+    fixes = frozenset({"false_positives", "false_negatives", "calibration_drift"})
+    head_only = True
+
+    def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
+        if report.pathology not in planning.thresholds:
+            return False, f"{report.pathology} has no operating threshold in this version"
+        if planning.calibration_cases < 20:
+            return False, f"only {planning.calibration_cases} labelled calibration cases"
+        return True, "moves one threshold; weights untouched"
+
+    def apply(self, ctx: TreatmentContext) -> TreatmentResult:
+        p = CalibrationParams.model_validate(ctx.params)
+        j, name = ctx.target_index, ctx.report.pathology
+        split, where = site_or_all(ctx.calibration, ctx.report.site, p.min_site_cases)
+        known = ~np.isnan(split.labels[:, j])
+        y = split.labels[known, j].astype(int)
+        s = probabilities(split.features[known], ctx.head_weight, ctx.head_bias)[:, j]
+        current = ctx.thresholds.get(name)
+        kind = ctx.report.kind
+        warnings: list[str] = []
+        if kind == "false_positives":
+            op = choose_for_false_positives(y, s, ctx.report.target, ctx.slo.min_recall, ctx.delta)
+            if not op.feasible:
+                # Best the recall floor allows; the gate will judge it on held-out data.
+                warnings.append(f"target not reachable on calibration data: {op.reason}")
+                op = recall_floor(y, s, ctx.slo.min_recall, ctx.delta)
+        elif kind == "false_negatives":
+            op = choose_for_false_negatives(y, s, max(ctx.report.target, ctx.slo.min_recall), ctx.delta)
+        else:
+            op, warnings = choose_operating_point(
+                y, s, current, p.drift_method, delta=ctx.delta, max_precision_drop=p.max_precision_drop
+            )
+        if op.threshold is None:
+            raise ValueError(f"no usable threshold for {name} on {where}: {op.reason}")
+        table = tradeoff_table(
+            y, s, {"current": current, "chosen": op, "youden": youden(y, s), "f1": f1_optimal(y, s)}
+        )
+        chosen = next(r for r in table if r["method"] == "chosen")
+        base = next(r for r in table if r["method"] == "current")
+        bp, cp = base["precision"], chosen["precision"]
+        if bp is not None and cp is not None and bp - cp > p.max_precision_drop:
+            warnings.append(f"precision falls from {bp:.2f} to {cp:.2f} on calibration data")
+        thresholds = dict(ctx.thresholds)
+        thresholds[name] = float(op.threshold)
+        cur = "none" if current is None else f"{current:.4f}"
+        notes = f"{name} threshold {cur} → {op.threshold:.4f} on {len(y)} calibration cases ({where}); {op.method}"
+        if op.guarantee:
+            notes += f"; guarantee: {op.guarantee}"
+        return TreatmentResult(
+            thresholds=thresholds,
+            trainable_parameters=0,
+            notes=notes,
+            artifacts={"tradeoff": table, "warnings": warnings, "calibration_rows": where, "method": op.method},
+        )
