@@ -1,0 +1,66 @@
+"""The registry's repository functions, in one namespace: `from registry import repo`.
+
+Plain functions over a `Session` (no store class): the caller opens the
+transaction with `registry.session.session_scope()` and every function that
+changes state writes its audit event inside it. They live in `repo_*.py` by
+concern (versions, lineage, reports, decisions); this module re-exports them.
+Finders raise `NotFound`, bad arguments `InvalidInput` naming the field; what
+comes back is a frozen entity from `registry.entities`, never an ORM row.
+"""
+
+from __future__ import annotations
+
+from registry.audit import list_events, verify_chain
+from registry.repo_common import code_version
+from registry.repo_decisions import (
+    approve_decision,
+    create_decision,
+    finish_run,
+    get_decision,
+    get_run,
+    heartbeat_run,
+    list_decisions,
+    mark_abandoned_runs,
+    reject_decision,
+    run_history,
+    set_decision_status,
+    start_run,
+)
+from registry.repo_lineage import alias_moves, diff_versions, history, lineage, list_versions
+from registry.repo_reports import (
+    claim_reports,
+    get_report,
+    ingest_reports,
+    list_reports,
+    release_expired_claims,
+    set_report_status,
+)
+from registry.repo_versions import (
+    add_evaluations,
+    canonical_spec,
+    derive_version,
+    find_version_id,
+    get_or_create_dataset,
+    get_or_create_model,
+    get_version,
+    list_aliases,
+    list_evaluations,
+    list_models,
+    record_blob,
+    register_version,
+    resolve_version,
+    resolve_version_id,
+    rollback,
+    set_alias,
+    set_version_status,
+)
+
+__all__ = [
+    "add_evaluations", "alias_moves", "approve_decision", "canonical_spec", "claim_reports", "code_version",
+    "create_decision", "derive_version", "diff_versions", "find_version_id", "finish_run", "get_decision",
+    "get_or_create_dataset", "get_or_create_model", "get_report", "get_run", "get_version", "heartbeat_run",
+    "history", "ingest_reports", "lineage", "list_aliases", "list_decisions", "list_evaluations", "list_events",
+    "list_models", "list_reports", "list_versions", "mark_abandoned_runs", "record_blob", "register_version",
+    "reject_decision", "release_expired_claims", "resolve_version", "resolve_version_id", "rollback", "run_history",
+    "set_alias", "set_decision_status", "set_report_status", "set_version_status", "start_run", "verify_chain",
+]
