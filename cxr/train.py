@@ -99,7 +99,9 @@ def _save_checkpoint(path: Path, model: CXRDenseNet, opt: torch.optim.Optimizer,
     # param_groups carry the schedule's current lr and momentum: without them a resumed
     # run would take its first step with the initial values and drift from an uninterrupted one.
     groups = opt.state_dict()["param_groups"]
-    meta = json.dumps({"epoch": epoch, "fingerprint": fp, "sched": sched.state_dict(), "groups": groups}, sort_keys=True)
+    meta = json.dumps(
+        {"epoch": epoch, "fingerprint": fp, "sched": sched.state_dict(), "groups": groups}, sort_keys=True
+    )
     atomic_write(path, save(tensors, metadata={"cxr_decide_ckpt": meta}))
 
 

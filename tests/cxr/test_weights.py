@@ -1,8 +1,8 @@
 """Safetensors weights: round trip, determinism, tamper detection, atomic writes."""
 
+import pytest
 import torch
 
-import pytest
 from cxr.errors import IntegrityFailure, InvalidInput, NotFound
 from cxr.model import build_model
 from cxr.spec import preset
@@ -25,7 +25,7 @@ def test_bytes_are_deterministic_and_seed_dependent():
     spec = preset("tiny")
     a, wa = to_bytes(spec, build_model(spec, seed=0).state_dict())
     b, wb = to_bytes(spec, build_model(spec, seed=0).state_dict())
-    c, wc = to_bytes(spec, build_model(spec, seed=1).state_dict())
+    _c, wc = to_bytes(spec, build_model(spec, seed=1).state_dict())
     assert a == b and wa.weights_sha256 == wb.weights_sha256
     assert wc.weights_sha256 != wa.weights_sha256
 
