@@ -90,19 +90,29 @@ class FeatureCache:
         atomic_write(self.path(key), buf.getvalue())
 
     def features(
-        self, model: CXRDenseNet, data: CXRDataset, backbone_sha256: str | None = None,
+        self,
+        model: CXRDenseNet | Callable[[], CXRDenseNet],
+        data: CXRDataset,
+        backbone_sha256: str | None = None,
         progress: BatchProgress | None = None,
     ) -> np.ndarray:
-        """Features of `data` under `model`'s backbone, from the cache when present."""
-        bb = backbone_sha256 or backbone_digest(model.state_dict())
-        key = self.key(bb, data)
+        """Features of `data` under `model`'s backbone, from the cache when present.
+
+        `model` may be a factory (with `backbone_sha256` given): it is only called on a miss.
+        """
+        if backbone_sha256 is None:
+            if not isinstance(model, CXRDenseNet):
+                raise TypeError("a model factory needs backbone_sha256")
+            backbone_sha256 = backbone_digest(model.state_dict())
+        key = self.key(backbone_sha256, data)
         got = self.get(key)
-        if got is not None and got.shape == (len(data), model.spec.num_features):
+        if got is not None and got.shape[0] == len(data):
             self.hits += 1
             return got
         self.misses += 1
+        net = model if isinstance(model, CXRDenseNet) else model()
         t = time.perf_counter()
-        feats = extract_features(model, data, progress=progress)
+        feats = extract_features(net, data, progress=progress)
         log.info("features of %s (%d images) in %.1fs", data.name, len(data), time.perf_counter() - t)
         self.put(key, feats)
         return feats

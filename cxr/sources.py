@@ -10,6 +10,7 @@ For non-phantom sources the split is made by patient (`split_by_patient`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from cxr.data import CXRDataset, folder_dataset, nih_dataset, phantom_dataset, split_by_patient
@@ -51,3 +52,32 @@ def open_source(
     fractions = {"train": 0.55, "calibration": 0.15, "evaluation": 0.15, "feedback": 0.15}
     part = split_by_patient(ds, fractions, seed)[split]
     return part.subset(range(min(n, len(part)))) if n else part
+
+
+def open_recorded(source: dict, cache_dir: str | Path | None = None) -> CXRDataset:
+    """Re-open a data set from the `source` dict recorded with it in the registry.
+
+    Keys: kind (phantom | folder | nih), resolution, and per kind: phantom — site, split,
+    n, seed, missing_sign_rate; folder — folder, csv; nih — folder; any kind — split and
+    seed for a patient split (non-phantom), and rows [start, stop) for a slice (e.g. one
+    week of feedback). The caller compares the digest with the recorded one.
+    """
+    kind = source.get("kind")
+    res = int(source.get("resolution", 224))
+    if kind == "phantom":
+        cfg = PhantomConfig(
+            site=source["site"], split=source["split"], n=int(source["n"]), resolution=res,
+            seed=int(source.get("seed", 0)), missing_sign_rate=float(source.get("missing_sign_rate", 0.10)),
+        )
+        ds = phantom_dataset(cfg, cache_dir=cache_dir)
+    elif kind in ("folder", "nih"):
+        spec = f"{kind}:{source['folder']}" + (f":{source['csv']}" if source.get("csv") else "")
+        ds = open_source(spec, resolution=res, split=source.get("split", "train"), n=source.get("n"),
+                         seed=int(source.get("seed", 0)))
+    else:
+        raise InvalidInput(f"unknown recorded source kind {kind!r}", field="source.kind")
+    rows = source.get("rows")
+    if rows:
+        start, stop = int(rows[0]), int(rows[1])
+        ds = ds.subset(range(start, min(stop, len(ds))), name=source.get("name", ds.name))
+    return replace(ds, name=source["name"]) if source.get("name") else ds

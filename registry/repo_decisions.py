@@ -231,3 +231,15 @@ def run_history(session: Session, *, treatment: str | None = None,
     if decision_id is not None:
         q = q.where(RunRow.decision_id == decision_id)
     return [r.to_entity() for r in session.scalars(q)]
+
+
+def run_kinds(session: Session) -> dict[int, str]:
+    """The issue kind each run treated (its decision's first report), by run id."""
+    q = (select(RunRow.id, ReportRow.kind)
+         .join(DecisionReportRow, DecisionReportRow.decision_id == RunRow.decision_id)
+         .join(ReportRow, ReportRow.id == DecisionReportRow.report_id)
+         .order_by(RunRow.id, ReportRow.id))
+    out: dict[int, str] = {}
+    for run_id, kind in session.execute(q):
+        out.setdefault(run_id, str(getattr(kind, "value", kind)))
+    return out

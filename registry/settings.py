@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     actor: str | None = None
     executor: Literal["local", "ray"] = "local"
+    policy: Path | None = None  # DECIDE_POLICY: a policy TOML replacing the bundled default
 
     @property
     def home_dir(self) -> Path:

@@ -133,6 +133,7 @@ class TreatmentContext:
     slo: Slo
     params: dict[str, Any] = field(default_factory=dict)
     delta: float = 0.05  # 1 - confidence of statistical guarantees
+    fpr_delta: float | None = None  # certify false-positive-rate targets on new data too (None: calibration only)
     seed: int = 0
     #: backbone-level treatments only: the parent's full state and the image data sets
     load_state: Callable[[], dict] | None = None

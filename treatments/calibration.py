@@ -58,7 +58,8 @@ class ThresholdCalibration:
         kind = ctx.report.kind
         warnings: list[str] = []
         if kind == "false_positives":
-            op = choose_for_false_positives(y, s, ctx.report.target, ctx.slo.min_recall, ctx.delta)
+            op = choose_for_false_positives(y, s, ctx.report.target, ctx.slo.min_recall, ctx.delta,
+                                            fpr_delta=ctx.fpr_delta)
             if not op.feasible:
                 # Best the recall floor allows; the gate will judge it on held-out data.
                 warnings.append(f"target not reachable on calibration data: {op.reason}")

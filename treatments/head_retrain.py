@@ -18,6 +18,7 @@ split, so an operating point keeps its clinical meaning.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,11 @@ class HeadRetrainParams(BaseModel):
     site_weight: float = Field(2.0, gt=0, description="Weight of the report site's rows.")
     balance_target: bool = Field(True, description="Class-balance the failing pathology's loss.")
     max_iter: int = Field(200, ge=1, le=5000)
+    rows: Literal["target", "all"] = Field(
+        "target",
+        description="Refit the failing pathology's row only (others stay bit-identical, so the gate's "
+        "non-inferiority holds by construction), or every row of the head.",
+    )
     min_site_cases: int = Field(200, ge=1)
 
 
@@ -121,7 +127,8 @@ class HeadRetrain:
         if planning.calibration_cases < 50:
             return False, f"only {planning.calibration_cases} labelled calibration cases at the site"
         f, p = planning.spec.num_features, planning.spec.num_classes
-        return True, f"refits {p}×{f} + {p} head parameters on cached features"
+        n = p if planning.params.get("rows") == "all" else 1
+        return True, f"refits {n}×{f} + {n} head parameters on cached features"
 
     def apply(self, ctx: TreatmentContext) -> TreatmentResult:
         prm = HeadRetrainParams.model_validate(ctx.params)
@@ -137,8 +144,11 @@ class HeadRetrain:
                 w[yj == 1, j] *= (n_pos + n_neg) / (2 * n_pos)
                 w[yj == 0, j] *= (n_pos + n_neg) / (2 * n_neg)
         torch.manual_seed(ctx.seed)
-        W, B, info = fit_head(data.features, data.labels, ctx.head_weight, ctx.head_bias, w, prm.l2_to_parent,
-                              prm.max_iter)
+        rows = [j] if prm.rows == "target" else list(range(ctx.head_weight.shape[0]))
+        w_rows, b_rows, info = fit_head(data.features, data.labels[:, rows], ctx.head_weight[rows],
+                                        ctx.head_bias[rows], w[:, rows], prm.l2_to_parent, prm.max_iter)
+        W, B = ctx.head_weight.copy(), ctx.head_bias.copy()
+        W[rows], B[rows] = w_rows, b_rows
 
         cal = ctx.calibration
         old = probabilities(cal.features, ctx.head_weight, ctx.head_bias)
@@ -146,7 +156,7 @@ class HeadRetrain:
         thresholds = dict(ctx.thresholds)
         for k, pname in enumerate(ctx.spec.pathologies):
             t_old = ctx.thresholds.get(pname)
-            if k == j or t_old is None:
+            if k == j or k not in rows or t_old is None:
                 continue
             known = ~np.isnan(cal.labels[:, k])
             yk = cal.labels[known, k]
@@ -157,7 +167,8 @@ class HeadRetrain:
         y = split.labels[known, j].astype(int)
         s = probabilities(split.features[known], W, B)[:, j]
         if ctx.report.kind == "false_positives":
-            op = choose_for_false_positives(y, s, ctx.report.target, ctx.slo.min_recall, ctx.delta)
+            op = choose_for_false_positives(y, s, ctx.report.target, ctx.slo.min_recall, ctx.delta,
+                                            fpr_delta=ctx.fpr_delta)
             if not op.feasible:
                 op = recall_floor(y, s, ctx.slo.min_recall, ctx.delta)
         else:
@@ -165,9 +176,9 @@ class HeadRetrain:
         if op.threshold is None:
             raise ValueError(f"no usable {name} threshold after the refit: {op.reason}")
         thresholds[name] = float(op.threshold)
-        n_params = int(W.size + B.size)
+        n_params = int(w_rows.size + b_rows.size)
         notes = (
-            f"refit {W.shape[0]}×{W.shape[1]} head on {len(data)} cached feature vectors by L-BFGS "
+            f"refit {len(rows)}×{W.shape[1]} head row(s) on {len(data)} cached feature vectors by L-BFGS "
             f"({info['iterations']} iterations, {info['seconds']:.2f}s, loss {info['loss_before']:.4f} → "
             f"{info['loss_after']:.4f}); {name} threshold {op.threshold:.4f} from {where} ({op.method})"
         )

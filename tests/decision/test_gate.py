@@ -72,7 +72,7 @@ def test_losing_true_positives_and_recall_is_rejected():
     result = gate(_report(), _evaluate(labels, probs, probs.copy(), cand_thr=0.8), load_policy())
     failed = {c.name: c for c in result.failed()}
     assert set(failed) == {"tp_loss", "recall_floor"}
-    assert failed["tp_loss"].value > 0 and failed["tp_loss"].limit == 0.1
+    assert failed["tp_loss"].value > 0 and failed["tp_loss"].limit == load_policy().gate.max_tp_loss_fraction
     assert failed["recall_floor"].value < 0.8 == failed["recall_floor"].limit
 
 

@@ -72,12 +72,21 @@ def test_surgery_needs_false_positive_evidence(world):
 
 def test_head_retrain_fixes_the_site_shift(world):
     res = HeadRetrain().apply(world)
-    assert res.trainable_parameters == 18 * 16 + 18
+    assert res.trainable_parameters == 16 + 1  # the failing row only, by default
+    others = [k for k in range(18) if k != CARDIO]
+    assert np.array_equal(res.head_weight[others], world.head_weight[others])
+    assert all(res.thresholds[p] == world.thresholds[p] for p in world.thresholds if p != "Cardiomegaly")
     t = res.thresholds["Cardiomegaly"]
     assert _site_fpr(world, res.head_weight, res.head_bias, t) <= 0.1
     # The learned head no longer reads AP-ness as Cardiomegaly.
     assert abs(res.head_weight[CARDIO, 15]) < 0.5 * world.head_weight[CARDIO, 15]
     assert res.artifacts["fit"]["loss_after"] < res.artifacts["fit"]["loss_before"]
+
+
+def test_head_retrain_can_refit_every_row(world):
+    res = HeadRetrain().apply(replace(world, params={"rows": "all"}))
+    assert res.trainable_parameters == 18 * 16 + 18
+    assert _site_fpr(world, res.head_weight, res.head_bias, res.thresholds["Cardiomegaly"]) <= 0.1
 
 
 def test_fit_head_beats_its_start_and_ignores_unknown_labels():

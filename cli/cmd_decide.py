@@ -1,0 +1,217 @@
+"""Decision commands: `policy show|validate`, `plan`, `run`, `approve`, `reject`, `costs`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.output import console, emit, fmt_float
+from cxr.errors import InvalidInput
+from decision.engine import DecisionOutcome, Engine, ReportPlan, history
+from decision.planner import empirical_cost_matrix
+from policies import load_policy, policy_digest, validate_policy_file
+from registry import repo
+from registry.entities import DecisionStatus, RunOutcome
+from registry.session import session_scope
+from registry.settings import get_settings
+
+JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of tables.")
+POLICY_OPT = typer.Option(None, "--policy", help="Policy TOML (default: $DECIDE_POLICY, else the bundled default).")
+
+policy_app = typer.Typer(help="The decision policy: costs, SLOs, gate, learning.", no_args_is_help=True)
+
+
+def policy_show_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
+    """Show the policy in force and its digest (recorded with every decision)."""
+    p = load_policy(policy or get_settings().policy)
+    data = {"digest": policy_digest(p), **p.model_dump(mode="json")}
+
+    def render() -> None:
+        t = Table(title=f"policy {p.name} v{p.version}  digest {data['digest'][:16]}…")
+        for c in ("treatment", "prior cost", "fixes", "p(success) prior", "approval", "enabled"):
+            t.add_column(c)
+        for name, tp in p.treatments.items():
+            ps = ", ".join(f"{k} {tp.prior_p(k):.2f}" for k in tp.fixes)
+            t.add_row(name, f"{tp.prior_cost:g}", ", ".join(tp.fixes), ps, "yes" if tp.needs_approval else "",
+                      "yes" if tp.enabled else "no")
+        console.print(t)
+        d = p.slos.default
+        console.print(f"SLO default: min recall {d.min_recall}, max FPR {d.max_fpr}, min AUROC {d.min_auroc}; "
+                      + "; ".join(f"{k}: {v.model_dump(exclude_none=True)}" for k, v in p.slos.pathologies.items()))
+        g = p.gate
+        console.print(f"gate: non-inferiority margin {g.noninferiority_margin} on the {1 - g.alpha:.0%} DeLong "
+                      f"interval, target rule {g.target_rule}, max TP loss {g.max_tp_loss_fraction}")
+
+    emit(data, as_json, render)
+
+
+def policy_validate_cmd(file: Path = typer.Argument(..., help="A policy TOML file."), as_json: bool = JSON_OPT) -> None:
+    """Check a policy file; exit 2 naming the first bad field."""
+    p = validate_policy_file(file)
+    out = {"file": str(file), "valid": True, "digest": policy_digest(p)}
+    emit(out, as_json, lambda: console.print(f"{file}: valid (digest {out['digest'][:16]}…)"))
+
+
+def _plan_json(rp: ReportPlan) -> dict:
+    r = rp.report
+    return {
+        "report": {"id": r.id, "model": r.model, "version": r.version, "pathology": r.pathology,
+                   "kind": r.kind.value, "metric": r.metric, "value": r.value, "target": r.target, "site": r.site},
+        "parent": rp.parent.ref,
+        "chosen": rp.plan.chosen.treatment if rp.plan.chosen else None,
+        "rationale": rp.plan.rationale,
+        "policy_digest": rp.plan.policy_digest,
+        "candidates": [c.__dict__ for c in rp.plan.candidates],
+    }
+
+
+def _render_plan(rp: ReportPlan) -> None:
+    r = rp.report
+    t = Table(title=f"report {r.id}: {r.pathology} {r.kind.value} at {r.site} "
+                    f"({r.metric} {r.value:.3g} vs target {r.target:.3g}) → treat {rp.parent.ref}")
+    for c in ("#", "treatment", "applicable", "cost", "p(success)", "cost/p", "approval", "reason"):
+        t.add_column(c, overflow="fold")
+    for c in rp.plan.candidates:
+        t.add_row(str(c.rank), c.treatment, "yes" if c.applicable else "no", fmt_float(c.expected_cost, 2),
+                  fmt_float(c.p_success, 2), fmt_float(c.score, 2), "needed" if c.needs_approval else "",
+                  "" if c.applicable else c.reason)
+    console.print(t)
+    console.print(f"[dim]{rp.plan.rationale}[/]")
+
+
+def plan_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
+    """What the engine would do for each open report, and why. Nothing is claimed, run or written."""
+    plans = Engine.from_settings(policy).plan_open()
+    data = [_plan_json(rp) for rp in plans]
+
+    def render() -> None:
+        if not plans:
+            console.print("no open reports")
+        for rp in plans:
+            _render_plan(rp)
+
+    emit(data, as_json, render)
+
+
+def _outcome_json(d: DecisionOutcome) -> dict:
+    return {
+        "report_id": d.report_id, "decision_id": d.decision_id, "status": d.status.value, "message": d.message,
+        "runs": [{"run_id": r.run_id, "treatment": r.treatment, "outcome": r.outcome.value,
+                  "version": r.version.ref if r.version else None, "wall_seconds": round(r.wall_seconds, 4),
+                  "gate": r.gate.summary if r.gate else None, "notes": r.notes, "error": r.error} for r in d.runs],
+    }
+
+
+def _render_outcome(d: DecisionOutcome) -> None:
+    colour = {"succeeded": "green", "awaiting_approval": "yellow"}.get(d.status.value, "red")
+    console.print(f"[bold]decision {d.decision_id}[/] (report {d.report_id}): [{colour}]{d.status.value}[/] — "
+                  f"{d.message}")
+    for r in d.runs:
+        mark = {RunOutcome.accepted: "[green]accepted[/]", RunOutcome.rejected: "[yellow]rejected[/]"}.get(
+            r.outcome, "[red]failed[/]")
+        ver = f" → {r.version.ref}" if r.version else ""
+        console.print(f"  {r.treatment}: {mark}{ver} in {r.wall_seconds:.2f}s")
+        if r.gate:
+            console.print(f"    [dim]{r.gate.summary}[/]")
+        elif r.error:
+            console.print(f"    [dim]{r.error}[/]")
+
+
+def run_cmd(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (needed without a terminal)."),
+    max_cost: float | None = typer.Option(
+        None, "--max-cost", help="Do not run a treatment whose expected cost exceeds this: it awaits approval."
+    ),
+    limit: int = typer.Option(10, help="Claim at most this many open reports."),
+    policy: Path | None = POLICY_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Claim open reports, treat each along its escalation ladder, gate, promote or reject.
+
+    Treatments the policy marks for approval, or above --max-cost, stop the ladder in
+    `awaiting_approval`: `decide approve DECISION --reason …` lets the next run continue.
+    Exit 1 if a decision ended with every treatment rejected or failed.
+    """
+    engine = Engine.from_settings(policy)
+    if not yes:
+        plans = engine.plan_open()
+        if not sys.stdin.isatty():
+            raise InvalidInput("not a terminal: pass --yes to run without confirmation", field="--yes")
+        for rp in plans:
+            _render_plan(rp)
+        if not typer.confirm(f"treat {min(len(plans), limit)} open report(s)?", default=False):
+            raise typer.Exit(0)
+    summary = engine.run_pass(max_cost=max_cost, limit=limit)
+    data = {"worker": summary.worker, "abandoned_runs": summary.abandoned_runs,
+            "released_claims": summary.released_claims, "decisions": [_outcome_json(d) for d in summary.decisions]}
+
+    def render() -> None:
+        if summary.abandoned_runs:
+            console.print(f"[yellow]marked abandoned:[/] runs {summary.abandoned_runs}")
+        if not summary.decisions:
+            console.print("nothing to do: no open reports, no approved decisions")
+        for d in summary.decisions:
+            _render_outcome(d)
+
+    emit(data, as_json, render)
+    if any(d.status == DecisionStatus.exhausted and d.runs for d in summary.decisions):
+        raise typer.Exit(1)
+
+
+def _verdict_cmd(decision: int, reason: str, approve: bool, as_json: bool) -> None:
+    if not reason.strip():
+        raise InvalidInput("a reason is required", field="--reason")
+    with session_scope() as s:
+        d = (repo.approve_decision if approve else repo.reject_decision)(s, decision, reason=reason)
+    out = {"decision_id": d.id, "status": d.status.value, "chosen": d.chosen}
+    verb = "approved" if approve else "rejected"
+    emit(out, as_json, lambda: console.print(f"decision {d.id} {verb}: {d.status.value}"
+                                             + (f" ({d.chosen} runs on the next `decide run`)" if approve else "")))
+
+
+def approve_cmd(decision: int = typer.Argument(..., help="Decision id (see `decide run` or `decide export`)."),
+                reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit trail)."),
+                as_json: bool = JSON_OPT) -> None:
+    """Approve a decision awaiting approval: its next treatment runs on the next `decide run`."""
+    _verdict_cmd(decision, reason, True, as_json)
+
+
+def reject_cmd(decision: int = typer.Argument(..., help="Decision id."),
+               reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit trail)."),
+               as_json: bool = JSON_OPT) -> None:
+    """Reject a decision awaiting approval (final)."""
+    _verdict_cmd(decision, reason, False, as_json)
+
+
+def costs_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
+    """The empirical cost matrix: each treatment's prior cost vs what its runs measured, and p(success)."""
+    p = load_policy(policy or get_settings().policy)
+    with session_scope(read_only=True) as s:
+        rows = empirical_cost_matrix(history(s), p)
+    data = [r.__dict__ for r in rows]
+
+    def render() -> None:
+        t = Table(title="empirical cost matrix (prior blended with measured runs)")
+        for c in ("treatment", "prior", "measured", "blended", "runs", "mean wall s", "p(success) by kind"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r.treatment, fmt_float(r.prior_cost, 1), fmt_float(r.measured_cost, 2),
+                      fmt_float(r.blended_cost, 2), str(r.n_runs), fmt_float(r.mean_wall_seconds, 2),
+                      ", ".join(f"{k} {v:.2f}" for k, v in r.p_success_by_kind.items()))
+        console.print(t)
+
+    emit(data, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    policy_app.command("show")(policy_show_cmd)
+    policy_app.command("validate")(policy_validate_cmd)
+    app.add_typer(policy_app, name="policy")
+    app.command("plan")(plan_cmd)
+    app.command("run")(run_cmd)
+    app.command("approve")(approve_cmd)
+    app.command("reject")(reject_cmd)
+    app.command("costs")(costs_cmd)
