@@ -90,7 +90,8 @@ _COMMAND_MODULES = (
     "cli.cmd_imaging",   # phantom, train, predict, import-weights
     "cli.cmd_registry",  # init, db, ingest, reports, history, show, lineage, diff, audit, ...
     "cli.cmd_decide",    # policy, plan, run, approve, reject, costs
-    "cli.cmd_monitor",   # monitor run / schedule, demo
+    "cli.cmd_monitor",   # monitor run / schedule
+    "cli.cmd_demo",      # demo
 )
 
 for _name in _COMMAND_MODULES:

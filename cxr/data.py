@@ -235,3 +235,37 @@ def nih_dataset(imgpath: str | Path, resolution: int = 224, views: Sequence[str]
         loader=_file_loader(paths, resolution),
     )
 
+
+
+def concat_datasets(parts: Sequence[CXRDataset], name: str) -> CXRDataset:
+    """One data set made of several (same resolution); labels aligned to the first one's names."""
+    if not parts:
+        raise InvalidInput("nothing to concatenate", field="datasets")
+    if len({p.resolution for p in parts}) != 1:
+        raise InvalidInput("data sets of different resolutions", field="datasets")
+    names = parts[0].label_names
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    pixels = np.concatenate([p.pixels for p in parts]) if all(p.pixels is not None for p in parts) else None
+
+    def load(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), 1, parts[0].resolution, parts[0].resolution), dtype=np.float32)
+        which = np.searchsorted(offsets, idx, side="right") - 1
+        for k in np.unique(which):
+            sel = which == k
+            out[sel] = parts[k].images(idx[sel] - offsets[k])
+        return out
+
+    cat = lambda attr: tuple(x for p in parts for x in getattr(p, attr))  # noqa: E731
+    return CXRDataset(
+        name=name,
+        resolution=parts[0].resolution,
+        label_names=names,
+        labels=np.concatenate([p.aligned_labels(names) for p in parts]),
+        image_ids=cat("image_ids"),
+        patient_ids=cat("patient_ids"),
+        sites=cat("sites"),
+        views=cat("views"),
+        provenance={"kind": "concat", "parts": [p.digest() for p in parts]},
+        loader=None if pixels is not None else load,
+        pixels=pixels,
+    )

@@ -29,7 +29,7 @@ from cxr.data import CXRDataset
 from cxr.errors import InvalidInput
 from cxr.model import CXRDenseNet, build_model
 from cxr.spec import ArchSpec
-from cxr.weights import atomic_write
+from cxr.weights import atomic_write, tensors_digest
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,10 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out * scale + shift, -1024, 1024)
 
 
-def _fingerprint(spec: ArchSpec, data: CXRDataset, cfg: TrainConfig) -> str:
+def _fingerprint(spec: ArchSpec, data: CXRDataset, cfg: TrainConfig, init: str | None = None) -> str:
     c = asdict(cfg)
     c.pop("threads")  # thread count does not change the job
-    return json.dumps({"spec": spec.digest(), "data": data.digest(), "cfg": c}, sort_keys=True)
+    return json.dumps({"spec": spec.digest(), "data": data.digest(), "cfg": c, "init": init}, sort_keys=True)
 
 
 def _save_checkpoint(path: Path, model: CXRDenseNet, opt: torch.optim.Optimizer, sched, epoch: int, fp: str) -> None:
@@ -134,11 +134,15 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     stop_after_epoch: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    augment_fn: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
 ) -> TrainResult:
     """Train a model for `spec` on `data`; resume from `checkpoint_dir` when possible.
 
     `stop_after_epoch` ends the run early (as an interruption would), leaving the
-    checkpoint for a later call to resume from.
+    checkpoint for a later call to resume from. `init_state` starts from given
+    weights (fine-tuning a parent version) instead of a seeded initialisation;
+    `augment_fn(x, rng)` replaces the default augmentation (e.g. site-style).
     """
     if len(data) == 0:
         raise InvalidInput("the training set is empty", field="data")
@@ -146,13 +150,16 @@ def train(
         raise InvalidInput(f"data at {data.resolution}px, model expects {spec.resolution}px", field="resolution")
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     labels = torch.from_numpy(data.aligned_labels(spec.pathologies))
-    model = build_model(spec, seed=cfg.seed).train()
+    model = build_model(spec, seed=cfg.seed)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(data) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25
     )
-    fp = _fingerprint(spec, data, cfg)
+    fp = _fingerprint(spec, data, cfg, tensors_digest(init_state) if init_state is not None else None)
     ckpt = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir else None
     start = _load_checkpoint(ckpt, model, opt, sched, fp) if ckpt and ckpt.is_file() else 0
     result = TrainResult(model=model, resumed_from_epoch=start)
@@ -165,7 +172,7 @@ def train(
             idx = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
             x = data.images(idx)
             if cfg.augment:
-                x = _augment(x, np.random.default_rng([cfg.seed, epoch, b]))
+                x = (augment_fn or _augment)(x, np.random.default_rng([cfg.seed, epoch, b]))
             loss = masked_bce(model(torch.from_numpy(x)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -223,3 +223,30 @@ def _summary(passed: bool, checks: list[Check]) -> str:
         return f"Accepted: all {len(checks)} checks passed. {target}{worst_txt}; {rest}."
     listed = "; ".join(f"{c.name}: {c.detail}" for c in failed)
     return f"Rejected: {len(failed)} of {len(checks)} checks failed. {listed}."
+
+
+def other_site_checks(report: ReportView, evaluation: EvaluationReport, policy: Policy) -> list[Check]:
+    """Checks on an evaluation set of another site than the report's: a fix here must not break there.
+
+    Every evaluable pathology, the target included, must stay non-inferior; and the target must not
+    newly breach its SLO there (a threshold moved for one hospital applies to all of them): if the
+    parent met the SLO's recall (FPR) on this set, the candidate must too.
+    """
+    margin = policy.gate.noninferiority_margin
+    checks = [_noninferiority(r, margin) for r in evaluation.results]
+    target = evaluation.get(report.pathology)
+    if target is None or target.comparison is None:
+        return checks
+    slo, c = policy.slos.for_pathology(report.pathology), target.comparison
+    pairs = (("recall", slo.min_recall, target.sensitivity, c.parent_sensitivity, True),
+             ("fpr", slo.max_fpr, target.fpr, c.parent_fpr, False))
+    for metric, limit, cand, par, higher in pairs:
+        if limit is None or par is None or cand is None:
+            continue
+        parent_ok = par >= limit if higher else par <= limit
+        ok = (not parent_ok) or (cand >= limit if higher else cand <= limit)
+        rel = ">=" if higher else "<="
+        detail = (f"{report.pathology} {metric} {cand:.3f} (parent {par:.3f}); SLO {rel} {limit:g} "
+                  + ("kept" if ok else "newly breached"))
+        checks.append(Check(f"slo_kept[{report.pathology}.{metric}]", ok, detail, cand, limit))
+    return checks

@@ -30,7 +30,7 @@ import torch
 from cxr.weights import Weights, to_bytes
 from decision.catalog import Catalog, head_of
 from decision.evaluate import EvaluationReport, evaluate_scores
-from decision.gate import Check, GateResult, gate
+from decision.gate import Check, GateResult, gate, other_site_checks
 from decision.planner import ReportView
 from decision.registration import register_weights_bytes
 from policies import Policy
@@ -155,15 +155,14 @@ def evaluate_candidate(cat: Catalog, parent_v: VersionEntity, parent_w: Weights,
 
 def judge(view: ReportView, evals: dict[int, EvaluationReport], datasets: list[DatasetEntity], policy: Policy
           ) -> GateResult:
-    """The full gate on the report's site evaluation set; non-inferiority only on the others."""
+    """The full gate on the report's site evaluation set; on the others, nothing may get worse."""
     if not datasets:
         return GateResult(False, (Check("evaluation", False, "the version has no evaluation data set"),),
                           "rejected: nothing to evaluate on")
     site = [d for d in datasets if d.source.get("site") == view.site] or datasets
     checks: list[Check] = []
     for d in datasets:
-        res = gate(view, evals[d.id], policy)
-        keep = res.checks if d in site else [c for c in res.checks if c.name.startswith("noninferiority")]
+        keep = gate(view, evals[d.id], policy).checks if d in site else other_site_checks(view, evals[d.id], policy)
         checks += [Check(f"{c.name}@{d.name}", c.passed, c.detail, c.value, c.limit) for c in keep]
     passed = all(c.passed for c in checks)
     failed = [c for c in checks if not c.passed]
@@ -192,9 +191,10 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
             train=cat.split(parent_w, plan.train, "train"),
             calibration=calibration,
             slo=slo_for(policy, report.pathology), params=params, delta=policy.calibration.delta,
-            fpr_delta=policy.calibration.fpr_delta, seed=seed,
+            fpr_delta=policy.calibration.fpr_delta, fpr_headroom=policy.calibration.fpr_headroom, seed=seed,
+            cache=cat.features_cache,
             load_state=lambda: dict(parent_w.state),
-            image_data=None if plugin.head_only else {d.name: cat.dataset(d) for d in plan.train + plan.calibration},
+            image_data=None if plugin.head_only else _image_data(cat, plan),
         )
         t0 = time.perf_counter()
         with Heartbeat(url, run.id):
@@ -216,6 +216,17 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
         raise
     return _record(url, home, cat, policy, plugin.name, run.id, report, parent, decision_id, plan, result,
                    cand_w, data, thresholds, evals, verdict, wall)
+
+
+def _image_data(cat: Catalog, plan: DataPlan) -> dict[str, Any]:
+    """Backbone-level treatments read images: the training and the calibration (+feedback) sets."""
+    from cxr.data import concat_datasets
+
+    out = {}
+    for role, ds in (("train", plan.train), ("calibration", plan.calibration)):
+        if ds:
+            out[role] = concat_datasets([cat.dataset(d) for d in ds], role)
+    return out
 
 
 def _close(url, run_id, name, outcome, wall, *, error="", artifacts=None) -> Outcome:

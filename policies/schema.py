@@ -145,6 +145,8 @@ class CalibrationPolicy(_Strict):
     max_precision_drop: Rate = 0.2  # warn when calibration precision falls more than this
     min_precision: Probability | None = None  # precision floor for the false-negative chooser
     fpr_delta: Probability | None = None  # certify the FPR target on new data too (None: calibration data)
+    # Aim false-positive fixes at (1 - headroom) x target, so that held-out data, another sample, meets it too.
+    fpr_headroom: Rate = 0.0
 
 
 class CostModel(_Strict):

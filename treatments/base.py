@@ -134,8 +134,12 @@ class TreatmentContext:
     params: dict[str, Any] = field(default_factory=dict)
     delta: float = 0.05  # 1 - confidence of statistical guarantees
     fpr_delta: float | None = None  # certify false-positive-rate targets on new data too (None: calibration only)
+    fpr_headroom: float = 0.0  # aim false-positive fixes at (1 - headroom) x the report's target
+    #: a content-addressed array store (get(key) / put(key, array)) for derived data, e.g. block inputs
+    cache: Any = None
     seed: int = 0
-    #: backbone-level treatments only: the parent's full state and the image data sets
+    #: backbone-level treatments only: the parent's full state, and image data sets under the keys
+    #: "train" and "calibration" (the latter includes the site's labelled feedback)
     load_state: Callable[[], dict] | None = None
     image_data: dict[str, CXRDataset] | None = None
 

@@ -15,16 +15,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr.thresholds import (
-    choose_for_false_negatives,
-    choose_for_false_positives,
-    choose_operating_point,
-    f1_optimal,
-    recall_floor,
-    tradeoff_table,
-    youden,
-)
+from cxr.thresholds import choose_operating_point, f1_optimal, tradeoff_table, youden
 from treatments.base import PlanningContext, ReportInfo, TreatmentContext, TreatmentResult, probabilities, site_or_all
+from treatments.operating import target_point
 
 
 class CalibrationParams(BaseModel):
@@ -57,15 +50,9 @@ class ThresholdCalibration:
         current = ctx.thresholds.get(name)
         kind = ctx.report.kind
         warnings: list[str] = []
-        if kind == "false_positives":
-            op = choose_for_false_positives(y, s, ctx.report.target, ctx.slo.min_recall, ctx.delta,
-                                            fpr_delta=ctx.fpr_delta)
-            if not op.feasible:
-                # Best the recall floor allows; the gate will judge it on held-out data.
-                warnings.append(f"target not reachable on calibration data: {op.reason}")
-                op = recall_floor(y, s, ctx.slo.min_recall, ctx.delta)
-        elif kind == "false_negatives":
-            op = choose_for_false_negatives(y, s, max(ctx.report.target, ctx.slo.min_recall), ctx.delta)
+        if kind in ("false_positives", "false_negatives"):
+            op, warning = target_point(ctx, y, s)
+            warnings += [warning] if warning else []
         else:
             op, warnings = choose_operating_point(
                 y, s, current, p.drift_method, delta=ctx.delta, max_precision_drop=p.max_precision_drop

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr.thresholds import choose_for_false_negatives, choose_for_false_positives, recall_floor
 from treatments.base import (
     FeatureSplit,
     PlanningContext,
@@ -32,8 +31,10 @@ from treatments.base import (
     TreatmentContext,
     TreatmentResult,
     probabilities,
-    site_or_all,
 )
+from treatments.operating import match_recall, retune
+
+__all__ = ["HeadRetrain", "HeadRetrainParams", "fit_head", "match_recall"]
 
 
 class HeadRetrainParams(BaseModel):
@@ -109,15 +110,6 @@ def fit_head(
     return W.numpy().copy(), B.numpy().copy(), info
 
 
-def match_recall(y: np.ndarray, s_old: np.ndarray, s_new: np.ndarray, t_old: float) -> float:
-    """Threshold on `s_new` detecting as many positives as `t_old` did on `s_old`."""
-    pos_new = np.sort(s_new[y == 1])[::-1]
-    k = int((s_old[y == 1] >= t_old).sum())
-    if k == 0:
-        return float(np.nextafter(pos_new[0], np.inf)) if len(pos_new) else t_old
-    return float(pos_new[k - 1])
-
-
 class HeadRetrain:
     name = "head_retrain"
     fixes = frozenset({"false_positives", "false_negatives", "auroc_drop", "calibration_drift"})
@@ -153,29 +145,7 @@ class HeadRetrain:
         cal = ctx.calibration
         old = probabilities(cal.features, ctx.head_weight, ctx.head_bias)
         new = probabilities(cal.features, W, B)
-        thresholds = dict(ctx.thresholds)
-        for k, pname in enumerate(ctx.spec.pathologies):
-            t_old = ctx.thresholds.get(pname)
-            if k == j or k not in rows or t_old is None:
-                continue
-            known = ~np.isnan(cal.labels[:, k])
-            yk = cal.labels[known, k]
-            if (yk == 1).any():
-                thresholds[pname] = match_recall(yk, old[known, k], new[known, k], t_old)
-        split, where = site_or_all(cal, ctx.report.site, prm.min_site_cases)
-        known = ~np.isnan(split.labels[:, j])
-        y = split.labels[known, j].astype(int)
-        s = probabilities(split.features[known], W, B)[:, j]
-        if ctx.report.kind == "false_positives":
-            op = choose_for_false_positives(y, s, ctx.report.target, ctx.slo.min_recall, ctx.delta,
-                                            fpr_delta=ctx.fpr_delta)
-            if not op.feasible:
-                op = recall_floor(y, s, ctx.slo.min_recall, ctx.delta)
-        else:
-            op = choose_for_false_negatives(y, s, ctx.slo.min_recall, ctx.delta)
-        if op.threshold is None:
-            raise ValueError(f"no usable {name} threshold after the refit: {op.reason}")
-        thresholds[name] = float(op.threshold)
+        thresholds, op, where = retune(ctx, cal.labels, old, new, cal.sites, rows, prm.min_site_cases)
         n_params = int(w_rows.size + b_rows.size)
         notes = (
             f"refit {len(rows)}×{W.shape[1]} head row(s) on {len(data)} cached feature vectors by L-BFGS "

@@ -1,0 +1,127 @@
+"""`decide demo`: the whole loop on the embedded phantom, ending with a rich summary and report.html."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.panel import Panel
+from rich.table import Table
+from rich.tree import Tree
+
+from cli.output import console, emit, err_console, fmt_float
+from decision.demo import DemoConfig, run_demo, summary_rows
+from policies import load_policy
+
+
+def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
+    console.rule("[bold]cxr-decide demo")
+    t = data["timings"]
+    console.print(f"home {data['home']}  ·  baseline {data['baseline']} → production [bold]{data['production']}[/]  ·  "
+                  f"{'trained now' if data['trained_now'] else 'baseline reused from the home'}  ·  "
+                  f"{t.get('total_s', 0):.1f}s (data {t.get('data_s', 0):.1f}s, train {t.get('train_s', 0):.1f}s, "
+                  f"monitor+treat {t.get('monitor_and_treat_s', 0):.1f}s)")
+
+    rt = Table(title="error reports")
+    for c in ("id", "version", "site", "pathology", "kind", "metric", "target", "window", "status"):
+        rt.add_column(c)
+    for r in export["reports"]:
+        rt.add_row(str(r["id"]), f"{r['model']}:{r['version']}", r["site"], r["pathology"], r["kind"],
+                   f"{r['metric']} {r['value']:.3f}", f"{r['target']:.3g}", str(r["window_start"])[:10],
+                   r["status"])
+    console.print(rt)
+
+    runs_by_decision: dict[int, list[dict]] = {}
+    for run in export["runs"]:
+        runs_by_decision.setdefault(run["decision_id"], []).append(run)
+    for d in export["decisions"]:
+        dt = Table(title=f"decision {d['id']} (reports {d['report_ids']}): {d['status']}", title_justify="left")
+        for c in ("#", "treatment", "cost", "p(success)", "cost/p", "approval", "outcome"):
+            dt.add_column(c)
+        outcomes = {r["treatment"]: r for r in runs_by_decision.get(d["id"], [])}
+        for c in d["candidates"]:
+            if not c["applicable"]:
+                continue
+            run = outcomes.get(c["treatment"])
+            res = "—" if run is None else run["outcome"]
+            if run is not None and run["outcome"] != "accepted":
+                why = run["metrics"].get("gate", {}).get("summary") or run["error_text"]
+                res += f": {why[:110]}"
+            dt.add_row(str(c["rank"]), c["treatment"], fmt_float(c["expected_cost"], 2), fmt_float(c["p_success"], 2),
+                       fmt_float(c["score"], 2), "needed" if c["needs_approval"] else "", res)
+        console.print(dt)
+        console.print(f"[dim]{d['rationale']}[/]")
+
+    acc = data["acceptance"]
+    vt = Table(title=f"final {acc['final']} vs baseline {acc['baseline']} on held-out evaluation sets")
+    for c in ("evaluation set", "Cardiomegaly FPR", "target", "Cardiomegaly recall", "worst other ΔAUROC (95% lo)"):
+        vt.add_column(c)
+    for name, row in acc["datasets"].items():
+        vt.add_row(name, f"{fmt_float(row['cardiomegaly_fpr_baseline'])} → {fmt_float(row['cardiomegaly_fpr'])}",
+                   f"≤ {acc['target_fpr']}", fmt_float(row["cardiomegaly_recall"]),
+                   f"{fmt_float(row['worst_other_auroc_delta_lo'], 4)} ({row['worst_other_pathology']}; "
+                   f"margin −{acc['margin']})")
+    console.print(vt)
+
+    tree = Tree("[bold]lineage")
+    nodes: dict[int, Tree] = {}
+    runs = {r["id"]: r for r in export["runs"]}
+    for v in sorted(export["versions"], key=lambda v: v["id"]):
+        how = runs.get(v["treatment_run_id"], {}).get("treatment", "baseline")
+        label = f"{v['model']}:{v['version']} [{v['status']}] ({how})"
+        parent = nodes.get(v["parent_id"])
+        nodes[v["id"]] = (parent or tree).add(label)
+    console.print(tree)
+
+    audit = data["audit"] or {}
+    ok = audit.get("ok")
+    verdicts = [
+        ("audit chain", bool(ok), f"{audit.get('checked', 0)} events verified" if ok else str(audit.get("reason"))),
+        ("Cardiomegaly FPR at the feedback site ≤ target", acc["cardiomegaly_fpr_at_or_under_target"], ""),
+        ("every other pathology within the non-inferiority margin", acc["others_within_margin"], ""),
+    ]
+    lines = [f"{'[green]✔' if good else '[red]✘'}[/] {name} {detail}" for name, good, detail in verdicts]
+    if data["report_html"]:
+        lines.append(f"report: {data['report_html']}")
+    console.print(Panel("\n".join(lines), title="checks"))
+
+
+def demo_cmd(
+    home: Path = typer.Option(Path(".decide-demo"), "--home", help="Demo home (registry, blobs, caches, report)."),
+    epochs: int = typer.Option(5, help="Baseline training epochs."),
+    n_train: int = typer.Option(8000, help="site-a training films."),
+    weeks: int = typer.Option(3, help="Weeks of site-b feedback to replay."),
+    per_week: int = typer.Option(1000, help="Labelled site-b studies per week."),
+    seed: int = typer.Option(0, help="Seed of data, weights and treatments."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run the whole loop on the embedded phantom data: train at site-a, watch site-b, fix, prove, record.
+
+    No network, nothing else needed. The home keeps a SQLite registry, blobs, the phantom's pixels,
+    training checkpoints and features: run it again and it reuses them (and re-decides nothing).
+    Open HOME/report.html for the plots; then try `decide --home HOME history`, `lineage`, `audit verify`.
+    """
+    home = home.expanduser().resolve()
+    os.environ["DECIDE_HOME"] = str(home)
+    os.environ.pop("DECIDE_DATABASE_URL", None)  # the demo's registry is its home's SQLite file
+    url = f"sqlite:///{home / 'registry.db'}"
+    cfg = DemoConfig(seed=seed, n_train=n_train, epochs=epochs, weeks=weeks, per_week=per_week)
+    t0 = time.perf_counter()
+
+    def progress(step: str, detail: str) -> None:
+        if not as_json:
+            err_console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] [bold]{step}[/] {detail}")
+
+    result = run_demo(home, url, load_policy(), cfg, progress=progress)
+    data = summary_rows(result)
+    emit(data, as_json, lambda: _render(data, result.export))
+    acc = result.acceptance
+    if not (acc["cardiomegaly_fpr_at_or_under_target"] and (result.export.get("audit_verification") or {}).get("ok")):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_cmd)

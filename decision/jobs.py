@@ -1,0 +1,138 @@
+"""One monitoring pass: a feedback window → monitor → ingest → decide → treat.
+
+This is the unit of work of `decide monitor run` and of every scheduled pass.
+A feedback source is a data-source string: `phantom:SITE` replays the
+phantom's labelled feedback of that site one window (a week) at a time,
+`folder:DIR[:CSV]` and `nih:DIR` read a user's labelled studies as one window.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cxr.data import CXRDataset
+from cxr.errors import InvalidInput
+from cxr.sources import open_recorded
+from decision.catalog import record_dataset
+from decision.engine import Engine, PassSummary
+from decision.monitor import SiteMetrics, assess
+from decision.reports import ingest, parse_report
+from registry import repo
+from registry.entities import PRODUCTION, DatasetEntity, IngestResult, ReportStatus
+from registry.session import session_scope
+
+log = logging.getLogger(__name__)
+
+#: the phantom's feedback weeks start here (fixed, so a replayed week is the same window every time)
+PHANTOM_EPOCH = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start: datetime
+    end: datetime
+
+
+def feedback_source(source: str, site: str, index: int, per_window: int, resolution: int, seed: int = 0
+                    ) -> tuple[dict[str, Any], Window]:
+    """The recorded-source dict and time window of feedback window `index` of `source`."""
+    kind, _, rest = source.partition(":")
+    if kind == "phantom":
+        if rest and rest != site:
+            raise InvalidInput(f"source is {rest} but --site is {site}", field="site")
+        start = PHANTOM_EPOCH + timedelta(days=7 * index)
+        src = {"kind": "phantom", "site": site, "split": "feedback", "n": per_window * (index + 1),
+               "rows": [per_window * index, per_window * (index + 1)], "resolution": resolution, "seed": seed,
+               "missing_sign_rate": 0.10, "name": f"feedback-{site}-week{index + 1}"}
+        return src, Window(index, start, start + timedelta(days=7))
+    if kind in ("folder", "nih"):
+        folder, _, csv = rest.partition(":")
+        now = datetime.now(UTC).replace(microsecond=0)
+        src = {"kind": kind, "folder": folder, "csv": csv or None, "split": "feedback", "resolution": resolution,
+               "seed": seed, "site": site, "name": f"feedback-{site}-{now:%Y%m%d}"}
+        return src, Window(index, now - timedelta(days=7), now)
+    raise InvalidInput(f"unknown feedback source {source!r}; expected phantom:SITE, folder:DIR[:CSV] or nih:DIR",
+                       field="source")
+
+
+@dataclass
+class MonitorResult:
+    version: str
+    dataset: DatasetEntity
+    window: Window
+    metrics: list[SiteMetrics]
+    reports: list[dict[str, Any]]
+    ingested: IngestResult
+    persisting: list[dict[str, Any]] = field(default_factory=list)  # breaches of issues already reported
+
+
+@dataclass
+class JobResult:
+    monitor: MonitorResult
+    engine: PassSummary
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def monitor_window(engine: Engine, model: str, ds: CXRDataset, source: dict[str, Any], site: str,
+                   window: Window) -> MonitorResult:
+    """Score a labelled window with the production version and ingest the reports its SLO breaches call for."""
+    ds = ds if set(ds.sites) == {site} else _with_site(ds, site)
+    with session_scope(engine.url) as s:
+        prod = repo.resolve_version(s, f"{model}@{PRODUCTION}")
+        dataset = record_dataset(s, ds, "feedback", source)
+    engine.catalog.attach(dataset, ds)
+    w = engine.catalog.weights(prod)
+    probs = engine.catalog.probabilities(w, dataset)
+    names = list(w.spec.pathologies)
+    metrics, raw = assess(model, prod.version, dict(prod.thresholds), names, ds.aligned_labels(names), probs,
+                          list(ds.image_ids), list(ds.sites), engine.policy, (window.start, window.end))
+    with session_scope(engine.url) as s:
+        # An issue already reported and not yet resolved is not reported again each window: the
+        # open report (its decision may await approval) still stands for it.
+        unresolved = {(r.site, r.pathology, r.kind.value): r.id for r in repo.list_reports(s, model=model)
+                      if r.status in (ReportStatus.open, ReportStatus.claimed, ReportStatus.decided)
+                      and (r.window_start, r.window_end) != (window.start, window.end)}
+        persisting = {(r["site"], r["pathology"], r["kind"]): unresolved[(r["site"], r["pathology"], r["kind"])]
+                      for r in raw if (r["site"], r["pathology"], r["kind"]) in unresolved}
+        fresh = [r for r in raw if (r["site"], r["pathology"], r["kind"]) not in persisting]
+        parsed = [parse_report(r) for r in fresh]
+        result = ingest(s, parsed, default_source="monitor") if parsed else IngestResult([], 0, 0)
+    log.info("monitor %s at %s week %d: %d breach(es), %d new report(s), %d still open", prod.ref, site,
+             window.index + 1, len(raw), result.created, len(persisting))
+    still = [{"site": k[0], "pathology": k[1], "kind": k[2], "report_id": v} for k, v in persisting.items()]
+    return MonitorResult(prod.ref, dataset, window, metrics, fresh, result, still)
+
+
+def _with_site(ds: CXRDataset, site: str) -> CXRDataset:
+    from dataclasses import replace
+
+    return replace(ds, sites=(site,) * len(ds))
+
+
+def monitor_pass(engine: Engine, model: str, source: str, site: str, *, index: int = 0, per_window: int = 1000,
+                 max_cost: float | None = None, treat: bool = True, stale_after: timedelta | None = None) -> JobResult:
+    """One pass: open feedback window `index`, monitor it, then let the engine treat open reports.
+
+    `stale_after`: how long a run may go without a heartbeat before the engine marks it
+    abandoned and reopens its report (default: `Engine.run_pass`'s).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    with session_scope(engine.url, read_only=True) as s:
+        prod = repo.resolve_version(s, f"{model}@{PRODUCTION}")
+    from cxr.spec import ArchSpec
+
+    resolution = ArchSpec.from_json(prod.spec_json).resolution
+    src, window = feedback_source(source, site, index, per_window, resolution)
+    ds = open_recorded(src, cache_dir=Path(engine.home) / "cache")
+    mon = monitor_window(engine, model, ds, src, site, window)
+    recover = {} if stale_after is None else {"stale_after": stale_after}
+    summary = engine.run_pass(max_cost=max_cost, **recover) if treat else PassSummary(engine.worker)
+    return JobResult(mon, summary, time.perf_counter() - t0)
