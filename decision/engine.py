@@ -206,8 +206,13 @@ class Engine:
                 return self._finish(out, DecisionStatus.awaiting_approval, why, chosen=cand.treatment)
             approved = False  # an approval covers the next candidate only
             self._set_status(decision_id, DecisionStatus.running, cand.treatment)
-            result = execute(self.url, self.home, self.catalog, self.policy, self.plugins[cand.treatment],
-                             report, parent, decision_id)
+            try:
+                result = execute(self.url, self.home, self.catalog, self.policy, self.plugins[cand.treatment],
+                                 report, parent, decision_id)
+            except BaseException:  # interrupted: the run is recorded as failed; leave the report actionable
+                self._finish(out, DecisionStatus.cancelled, f"interrupted during {cand.treatment}",
+                             report_status=ReportStatus.open)
+                raise
             out.runs.append(result)
             if result.outcome == RunOutcome.accepted:
                 return self._finish(out, DecisionStatus.succeeded, f"{cand.treatment} accepted: "

@@ -1,0 +1,95 @@
+"""The monitor: statistically clear breaches only, case evidence, idempotent windows, no re-reporting."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from decision.engine import Engine
+from decision.jobs import feedback_source, monitor_pass
+from decision.monitor import assess, wilson
+from decision.reports import parse_report
+from policies import load_policy, parse_policy
+from registry import repo
+from registry.session import session_scope
+
+WINDOW = (datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 9, tzinfo=UTC))
+NAMES = ["Cardiomegaly", "Effusion"]
+
+
+def _world(n=600, fp_rate=0.5, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 2)) < 0.1).astype(np.float32)
+    s = np.where(y == 1, rng.uniform(0.6, 1.0, y.shape), rng.uniform(0.0, 0.4, y.shape))
+    flip = (y[:, 0] == 0) & (rng.random(n) < fp_rate)  # false alarms on Cardiomegaly
+    s[flip, 0] = rng.uniform(0.5, 0.9, flip.sum())
+    return y, s.astype(np.float32)
+
+
+def _assess(y, s, **kw):
+    return assess("cxr", 1, {"Cardiomegaly": 0.5, "Effusion": 0.5}, NAMES, y, s, [f"img{i}" for i in range(len(y))],
+                  ["site-b"] * len(y), load_policy(), WINDOW, **kw)
+
+
+def test_wilson_interval_brackets_the_rate():
+    lo, hi = wilson(30, 100)
+    assert lo < 0.3 < hi and 0.2 < lo and hi < 0.4
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_clear_false_positive_breach_is_reported_with_the_worst_cases():
+    y, s = _world(fp_rate=0.5)
+    metrics, reports = _assess(y, s)
+    fp = [r for r in reports if r["kind"] == "false_positives"]
+    assert [r["pathology"] for r in fp] == ["Cardiomegaly"]
+    r = fp[0]
+    assert r["value"] > 0.4 and r["target"] == load_policy().slos.for_pathology("Cardiomegaly").max_fpr
+    scores = [c["score"] for c in r["cases"]]
+    assert scores == sorted(scores, reverse=True) and all(c["label"] == 0 for c in r["cases"])
+    assert r["counts"]["fp"] + r["counts"]["tn"] == int((y[:, 0] == 0).sum())
+    parse_report(r)  # the same validation path as `decide ingest`
+    card = next(m for m in metrics if m.pathology == "Cardiomegaly")
+    assert card.breaches == ["false_positives"] and card.fpr_ci[0] > 0.2
+
+
+def test_a_rate_near_the_target_is_not_reported():
+    # FPR about 0.22 over ~540 negatives: above the 0.2 target, but the interval straddles it.
+    y, s = _world(fp_rate=0.22, seed=3)
+    _, reports = _assess(y, s)
+    assert not [r for r in reports if r["pathology"] == "Cardiomegaly"]
+
+
+def test_too_few_cases_report_nothing():
+    y, s = _world(n=20, fp_rate=0.9)
+    assert _assess(y, s)[1] == []
+
+
+@pytest.mark.xdist_group("tiny-home")
+def test_a_window_is_monitored_once_and_open_issues_are_not_reported_again(tiny_home):
+    raw = load_policy().model_dump(mode="json")
+    raw["slos"]["pathologies"]["Cardiomegaly"]["max_fpr"] = 0.0001  # surely breached at site-b
+    policy = parse_policy(raw)
+    engine = Engine(tiny_home.url, tiny_home.home, policy)
+    first = monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=0, per_window=200, treat=False)
+    assert first.monitor.ingested.created >= 1
+    again = monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=0, per_window=200, treat=False)
+    assert again.monitor.ingested.created == 0  # same window: nothing new
+    week2 = monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=1, per_window=200, treat=False)
+    still = {(p["pathology"], p["kind"]) for p in week2.monitor.persisting}
+    week1 = {(r["pathology"], r["kind"]) for r in first.monitor.reports}
+    assert still and still <= week1  # breached again while still open: not reported again
+    new = {(r["pathology"], r["kind"]) for r in week2.monitor.reports}
+    assert not new & still
+    with session_scope(tiny_home.url, read_only=True) as s:
+        reports = repo.list_reports(s)
+    assert len(reports) == first.monitor.ingested.created + week2.monitor.ingested.created
+    assert len({(r.site, r.pathology, r.kind) for r in reports}) == len(reports)
+
+
+def test_feedback_windows_are_fixed_weeks():
+    src, w = feedback_source("phantom:site-b", "site-b", 2, 100, 32)
+    assert src["rows"] == [200, 300] and (w.end - w.start).days == 7
+    src2, w2 = feedback_source("phantom:site-b", "site-b", 2, 100, 32)
+    assert (src2, w2) == (src, w)
