@@ -186,6 +186,32 @@ def reject_cmd(decision: int = typer.Argument(..., help="Decision id."),
     _verdict_cmd(decision, reason, False, as_json)
 
 
+def decisions_cmd(
+    status: DecisionStatus | None = typer.Option(None, "--status", help="Only this status (e.g. awaiting_approval)."),
+    ids: bool = typer.Option(False, "--ids", help="Print only the ids, one per line (for scripts)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Decisions with their chosen treatment and status, newest first."""
+    with session_scope(read_only=True) as s:
+        rows = list(reversed(repo.list_decisions(s, status=status)))
+    if ids:
+        sys.stdout.write("".join(f"{d.id}\n" for d in rows))
+        return
+    data = [{"id": d.id, "reports": d.report_ids, "status": d.status.value, "chosen": d.chosen,
+             "rationale": d.rationale, "updated_at": d.updated_at} for d in rows]
+
+    def render() -> None:
+        t = Table(title=f"{len(rows)} decision(s)")
+        for c in ("id", "reports", "status", "chosen / waiting on", "updated"):
+            t.add_column(c)
+        for d in rows:
+            t.add_row(str(d.id), ", ".join(map(str, d.report_ids)), d.status.value, d.chosen or "—",
+                      d.updated_at.strftime("%Y-%m-%d %H:%M"))
+        console.print(t)
+
+    emit(data, as_json, render)
+
+
 def costs_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
     """The empirical cost matrix: each treatment's prior cost vs what its runs measured, and p(success)."""
     p = load_policy(policy or get_settings().policy)
@@ -212,6 +238,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(policy_app, name="policy")
     app.command("plan")(plan_cmd)
     app.command("run")(run_cmd)
+    app.command("decisions")(decisions_cmd)
     app.command("approve")(approve_cmd)
     app.command("reject")(reject_cmd)
     app.command("costs")(costs_cmd)

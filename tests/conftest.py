@@ -1,8 +1,14 @@
-"""Test-wide isolation: each test gets its own DECIDE_HOME and one torch thread."""
+"""Test-wide isolation (each test its own DECIDE_HOME, one torch thread) and the shared demo run.
+
+The `demo` fixture runs `decide demo`'s own job once per session (about three minutes on two
+cores); tests that use it are in the xdist group "demo" so that one worker runs them all.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +31,24 @@ def pytest_configure(config):
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover
         pass
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    from decision.demo import DemoConfig, run_demo
+    from policies import load_policy
+    from registry.session import dispose_engines
+
+    home = tmp_path_factory.mktemp("demo") / "home"
+    result = run_demo(home, f"sqlite:///{home / 'registry.db'}", load_policy(), DemoConfig())
+    dispose_engines()
+    return result
+
+
+@pytest.fixture
+def demo_copy(demo, tmp_path, monkeypatch) -> Path:
+    """A private copy of the demo home, for tests that write to it."""
+    home = tmp_path / "demo-home"
+    shutil.copytree(demo.home, home)
+    monkeypatch.setenv("DECIDE_HOME", str(home))
+    return home
