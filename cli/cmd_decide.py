@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.output import console, emit, fmt_float
+from cli.output import console, emit, esc, fmt_float
 from cxr.errors import InvalidInput
 from decision.engine import DecisionOutcome, Engine, ReportPlan, history
 from decision.planner import empirical_cost_matrix
@@ -77,9 +77,9 @@ def _render_plan(rp: ReportPlan) -> None:
     for c in rp.plan.candidates:
         t.add_row(str(c.rank), c.treatment, "yes" if c.applicable else "no", fmt_float(c.expected_cost, 2),
                   fmt_float(c.p_success, 2), fmt_float(c.score, 2), "needed" if c.needs_approval else "",
-                  "" if c.applicable else c.reason)
+                  "" if c.applicable else esc(c.reason))
     console.print(t)
-    console.print(f"[dim]{rp.plan.rationale}[/]")
+    console.print(f"[dim]{esc(rp.plan.rationale)}[/]")
 
 
 def plan_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
@@ -108,16 +108,16 @@ def _outcome_json(d: DecisionOutcome) -> dict:
 def _render_outcome(d: DecisionOutcome) -> None:
     colour = {"succeeded": "green", "awaiting_approval": "yellow"}.get(d.status.value, "red")
     console.print(f"[bold]decision {d.decision_id}[/] (report {d.report_id}): [{colour}]{d.status.value}[/] — "
-                  f"{d.message}")
+                  f"{esc(d.message)}")
     for r in d.runs:
         mark = {RunOutcome.accepted: "[green]accepted[/]", RunOutcome.rejected: "[yellow]rejected[/]"}.get(
             r.outcome, "[red]failed[/]")
         ver = f" → {r.version.ref}" if r.version else ""
         console.print(f"  {r.treatment}: {mark}{ver} in {r.wall_seconds:.2f}s")
         if r.gate:
-            console.print(f"    [dim]{r.gate.summary}[/]")
+            console.print(f"    [dim]{esc(r.gate.summary)}[/]")
         elif r.error:
-            console.print(f"    [dim]{r.error}[/]")
+            console.print(f"    [dim]{esc(r.error)}[/]")
 
 
 def run_cmd(

@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.tree import Tree
 
-from cli.output import console, emit, err_console, fmt_float
+from cli.output import console, emit, err_console, esc, fmt_float
 from decision.demo import DemoConfig, run_demo, summary_rows
 from policies import load_policy
 
@@ -49,11 +49,11 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
             res = "—" if run is None else run["outcome"]
             if run is not None and run["outcome"] != "accepted":
                 why = run["metrics"].get("gate", {}).get("summary") or run["error_text"]
-                res += f": {why[:110]}"
+                res += f": {esc(why[:110])}"
             dt.add_row(str(c["rank"]), c["treatment"], fmt_float(c["expected_cost"], 2), fmt_float(c["p_success"], 2),
                        fmt_float(c["score"], 2), "needed" if c["needs_approval"] else "", res)
         console.print(dt)
-        console.print(f"[dim]{d['rationale']}[/]")
+        console.print(f"[dim]{esc(d['rationale'])}[/]")
 
     acc = data["acceptance"]
     vt = Table(title=f"final {acc['final']} vs baseline {acc['baseline']} on held-out evaluation sets")
@@ -83,7 +83,7 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
         ("Cardiomegaly FPR at the feedback site ≤ target", acc["cardiomegaly_fpr_at_or_under_target"], ""),
         ("every other pathology within the non-inferiority margin", acc["others_within_margin"], ""),
     ]
-    lines = [f"{'[green]✔' if good else '[red]✘'}[/] {name} {detail}" for name, good, detail in verdicts]
+    lines = [f"{'[green]✔' if good else '[red]✘'}[/] {name} {esc(detail)}" for name, good, detail in verdicts]
     if data["report_html"]:
         lines.append(f"report: {data['report_html']}")
     console.print(Panel("\n".join(lines), title="checks"))
@@ -113,7 +113,7 @@ def demo_cmd(
 
     def progress(step: str, detail: str) -> None:
         if not as_json:
-            err_console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] [bold]{step}[/] {detail}")
+            err_console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] [bold]{step}[/] {esc(detail)}")
 
     result = run_demo(home, url, load_policy(), cfg, progress=progress)
     data = summary_rows(result)

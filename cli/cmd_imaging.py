@@ -20,6 +20,9 @@ from cxr.spec import PRESETS, ArchSpec, preset
 from cxr.train import TrainConfig, train
 from cxr.weights import load_model, save_model
 from cxr.xrv_import import import_checkpoint
+from decision.baseline import register_from_source
+from policies import load_policy
+from registry.session import NoRegistry, check_schema
 from registry.settings import get_settings
 
 
@@ -77,11 +80,19 @@ def train_cmd(
     checkpoints: Path | None = typer.Option(
         None, help="Checkpoint folder: written every epoch, resumed from when the job matches."
     ),
+    model: str = typer.Option("cxr", help="Registry model name to register the result under."),
+    register: bool = typer.Option(
+        True, "--register/--no-register", help="Register the result when DECIDE_HOME has a registry."
+    ),
+    promote: bool = typer.Option(False, "--promote", help="Make the registered version `production`."),
+    n_eval: int = typer.Option(2000, help="Calibration and evaluation images used when registering."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train a torchxrayvision-style DenseNet on a data source and save safetensors weights.
 
     Interrupted? Run the same command again with the same --checkpoints folder: it resumes.
+    When DECIDE_HOME holds a registry (`decide init`), the result is registered as a version of
+    --model: thresholds chosen on the source's calibration split, evaluated on its evaluation split.
     """
     arch = _spec(spec)
     home = get_settings().home_dir
@@ -91,7 +102,18 @@ def train_cmd(
     with train_progress(epochs, enabled=not as_json) as cb:
         res = train(arch, ds, cfg, checkpoint_dir=checkpoints, progress=cb)
     w = save_model(out, res.model)
+    version = None
+    if register:
+        try:
+            check_schema()
+        except NoRegistry:
+            version = None
+        else:
+            with err_console.status("registering: thresholds on the calibration split, evaluation"):
+                version = register_from_source(None, home, model, w, data, n_train=n, n_eval=n_eval, seed=seed,
+                                               policy=load_policy(get_settings().policy), promote=promote).version
     result = {
+        "registered": version.ref if version else None,
         "out": str(out),
         "weights_sha256": w.weights_sha256,
         "spec": json.loads(arch.to_json()),
@@ -100,8 +122,10 @@ def train_cmd(
         "resumed_from_epoch": res.resumed_from_epoch,
         "seconds": round(res.seconds, 2),
     }
+    reg = f"; registered as {version.ref}" if version else " (no registry here: `decide init` to register)"
     emit(result, as_json, lambda: console.print(
-        f"trained {len(ds)} images × {epochs} epochs in {res.seconds:.1f}s → {out} (sha256 {w.weights_sha256[:16]}…)"
+        f"trained {len(ds)} images × {epochs} epochs in {res.seconds:.1f}s → {out} "
+        f"(sha256 {w.weights_sha256[:16]}…){reg}"
     ))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.output import console, emit, error_line, fmt_float, to_json
+from cli.output import console, emit, error_line, esc, fmt_float, to_json
 from decision import registration, reports
 from registry import audit, repo
 from registry.entities import ReportStatus
@@ -170,7 +170,7 @@ def history_cmd(model: str | None = typer.Argument(None, help="Only this model."
             m.add_column(c)
         for a in h.moves:
             m.add_row(f"{a.at:%Y-%m-%d %H:%M:%S}", f"{a.model}@{a.alias}", str(a.from_version or "—"),
-                      str(a.to_version), a.actor, a.reason)
+                      str(a.to_version), esc(a.actor), esc(a.reason))
         console.print(m)
 
     emit(h, as_json, render)
@@ -266,7 +266,7 @@ def rollback_cmd(version: str = typer.Argument(..., help="The version to put bac
     """Move the `production` alias back to VERSION (recorded in alias history and the audit trail)."""
     with session_scope() as s:
         a = repo.rollback(s, repo.resolve_version_id(s, version), reason=reason)
-    emit(a, as_json, lambda: console.print(f"{a.model}@{a.alias} → {a.model}:{a.version} ({reason})"))
+    emit(a, as_json, lambda: console.print(f"{a.model}@{a.alias} → {a.model}:{a.version} ({esc(reason)})"))
 
 
 @_needs_db
@@ -296,8 +296,8 @@ def audit_log_cmd(entity: str | None = typer.Option(None, "--entity", help="TYPE
         for c in ("seq", "at", "actor", "action", "entity", "reason"):
             t.add_column(c)
         for e in events:
-            t.add_row(str(e.seq), f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, f"{e.entity_type}:{e.entity_id}",
-                      e.reason)
+            t.add_row(str(e.seq), f"{e.at:%Y-%m-%d %H:%M:%S}", esc(e.actor), e.action,
+                      f"{e.entity_type}:{e.entity_id}", esc(e.reason))
         console.print(t)
 
     emit(events, as_json, render)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -52,7 +53,12 @@ def emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
 
 
 def error_line(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def esc(text: object) -> str:
+    """Text from data (paths, gate checks like `noninferiority[Effusion]`) is not rich markup."""
+    return escape(str(text))
 
 
 def fmt_float(x: float | None, digits: int = 3) -> str:

@@ -54,6 +54,19 @@ def open_source(
     return part.subset(range(min(n, len(part)))) if n else part
 
 
+def recorded_source(source: str, *, resolution: int, split: str, n: int | None, seed: int = 0) -> dict:
+    """The dict `open_recorded` re-opens `open_source(source, …)` from (what the registry stores)."""
+    kind, _, rest = source.partition(":")
+    if kind == "phantom":
+        return {"kind": "phantom", "site": rest or "site-a", "split": split, "n": n or 1000, "resolution": resolution,
+                "seed": seed, "missing_sign_rate": PhantomConfig().missing_sign_rate}
+    if kind in ("folder", "nih"):
+        folder, _, csv = rest.partition(":")
+        return {"kind": kind, "folder": str(Path(folder).expanduser().resolve()), "csv": csv or None,
+                "split": split, "n": n, "resolution": resolution, "seed": seed}
+    raise InvalidInput(f"unknown source {source!r}; expected {HELP}", field="source")
+
+
 def open_recorded(source: dict, cache_dir: str | Path | None = None) -> CXRDataset:
     """Re-open a data set from the `source` dict recorded with it in the registry.
 

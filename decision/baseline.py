@@ -103,3 +103,18 @@ def register_baseline(url: str | None, home: Path, model: str, weights: Weights,
             notes=f"thresholds: {policy.calibration.default_method} on {sum(e.size for e in cal)} calibration cases",
         )
     return Baseline(version, entities, evals, warnings)
+
+
+def register_from_source(url: str | None, home: Path, model: str, weights: Weights, source: str, *, n_train: int,
+                         n_eval: int, seed: int, policy: Policy, promote: bool) -> Baseline:
+    """Register freshly trained `weights` with the train / calibration / evaluation splits of `source`."""
+    from cxr.sources import open_recorded, recorded_source
+
+    res = weights.spec.resolution
+    bindings = []
+    for role, split, n in (("train", "train", n_train), ("calibration", "calibration", n_eval),
+                           ("evaluation", "evaluation", n_eval)):
+        src = recorded_source(source, resolution=res, split=split, n=n, seed=seed)
+        bindings.append(DataBinding(open_recorded(src, cache_dir=Path(home) / "cache"), role, src))
+    return register_baseline(url, home, model, weights, bindings, policy, promote=promote,
+                             reason=f"trained with `decide train` on {source}")
