@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import InvalidInput
+from cxr.files import atomic_write
 from cxr.images import load_image_file
 from cxr.phantom import PhantomConfig, generate, to_model_input
 from cxr.spec import XRV_PATHOLOGIES, Preprocessing
-from cxr.weights import atomic_write
 
 Loader = Callable[[np.ndarray], np.ndarray]  # row indices -> float32 (B, 1, R, R)
 

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from cxr.data import CXRDataset
+from cxr.files import atomic_write
 from cxr.model import CXRDenseNet
-from cxr.weights import atomic_write, backbone_digest
+from cxr.weights import backbone_digest
 
 log = logging.getLogger(__name__)
 

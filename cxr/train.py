@@ -27,9 +27,10 @@ from safetensors.torch import load_file, save
 
 from cxr.data import CXRDataset
 from cxr.errors import InvalidInput
+from cxr.files import atomic_write
 from cxr.model import CXRDenseNet, build_model
 from cxr.spec import ArchSpec
-from cxr.weights import atomic_write, tensors_digest
+from cxr.weights import tensors_digest
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from cxr.errors import IntegrityFailure, InvalidInput, NotFound
+from cxr.files import atomic_write
 from cxr.model import CXRDenseNet, build_model
 from cxr.spec import ArchSpec
 
@@ -115,26 +114,6 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> Weights:
             f"found {digest[:12]}): the file was modified or corrupted; refusing to load"
         )
     return Weights(spec, state, digest, backbone_digest(state))
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via temp file + fsync + rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def save_weights(path: str | Path, spec: ArchSpec, state: State) -> Weights:

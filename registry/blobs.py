@@ -13,12 +13,11 @@ Only bytes and digests here: the registry does not parse weights (that is
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from cxr.errors import IntegrityFailure, InvalidInput, NotFound
+from cxr.files import atomic_write
 from registry.entities import BlobRef
 from registry.repo_common import settings
 from registry.settings import within_home
@@ -51,25 +50,6 @@ def blob_path(digest: str, home: Path | None = None) -> Path:
     return within_home(_home(home), "blobs", digest[:2], digest)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:16]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def put_bytes(data: bytes, home: Path | None = None) -> BlobRef:
     """Store `data` (once); return its digest, size and absolute path.
 
@@ -79,7 +59,7 @@ def put_bytes(data: bytes, home: Path | None = None) -> BlobRef:
     digest = sha256_bytes(data)
     path = blob_path(digest, home)
     if not (path.is_file() and path.stat().st_size == len(data) and sha256_bytes(path.read_bytes()) == digest):
-        _atomic_write(path, data)
+        atomic_write(path, data)
     return BlobRef(digest=digest, size=len(data), path=str(path))
 
 
