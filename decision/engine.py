@@ -185,26 +185,26 @@ class Engine:
         if chosen is None:
             return DecisionOutcome(report.id, decision.id, DecisionStatus.exhausted, rp.plan, [],
                                    "no applicable treatment: a person must look")
-        return self._ladder(decision.id, report, rp.parent, rp.plan, max_cost, approved=False)
+        return self._ladder(decision.id, report, rp.parent, rp.plan, max_cost, approved=None)
 
     def _resume(self, d: DecisionEntity, max_cost: float | None) -> DecisionOutcome:
         with session_scope(self.url) as s:
             report = repo.get_report(s, d.report_ids[0])
             rp = self.plan_report(s, report, history(s))
-        return self._ladder(d.id, report, rp.parent, rp.plan, max_cost, approved=True)
+        return self._ladder(d.id, report, rp.parent, rp.plan, max_cost, approved=d.chosen)
 
     def _ladder(self, decision_id: int, report: ReportEntity, parent: VersionEntity, p: Plan,
-                max_cost: float | None, approved: bool) -> DecisionOutcome:
+                max_cost: float | None, approved: str | None) -> DecisionOutcome:
+        """Try the untried applicable candidates in order; `approved` names the one a person approved."""
         with session_scope(self.url) as s:
             tried = {r.treatment for r in repo.run_history(s, decision_id=decision_id)}
         out = DecisionOutcome(report.id, decision_id, DecisionStatus.running, p)
         for cand in (c for c in p.candidates if c.applicable and c.treatment not in tried):
             too_dear = max_cost is not None and cand.expected_cost is not None and cand.expected_cost > max_cost
-            if (cand.needs_approval or too_dear) and not approved:
+            if (cand.needs_approval or too_dear) and cand.treatment != approved:
                 why = (f"{cand.treatment} needs approval by policy" if cand.needs_approval else
                        f"{cand.treatment} expected cost {cand.expected_cost:.1f} exceeds --max-cost {max_cost:g}")
                 return self._finish(out, DecisionStatus.awaiting_approval, why, chosen=cand.treatment)
-            approved = False  # an approval covers the next candidate only
             self._set_status(decision_id, DecisionStatus.running, cand.treatment)
             try:
                 result = execute(self.url, self.home, self.catalog, self.policy, self.plugins[cand.treatment],
