@@ -49,7 +49,7 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
             res = "—" if run is None else run["outcome"]
             if run is not None and run["outcome"] != "accepted":
                 why = run["metrics"].get("gate", {}).get("summary") or run["error_text"]
-                res += f": {esc(why[:110])}"
+                res += f": {esc(why.removeprefix('rejected: ')[:110])}"
             dt.add_row(str(c["rank"]), c["treatment"], fmt_float(c["expected_cost"], 2), fmt_float(c["p_success"], 2),
                        fmt_float(c["score"], 2), "needed" if c["needs_approval"] else "", res)
         console.print(dt)
