@@ -61,9 +61,14 @@ def test_every_step_is_recorded_and_the_audit_chain_verifies(demo):
     assert out.returncode == 0, out.stderr
 
 
-def test_the_report_html_is_written(demo):
+def test_the_report_html_shows_its_plots_in_headless_chromium(demo, tmp_path):
+    from tests.decision.test_report_html import chromium_image_check
+
     assert demo.report_path is not None and demo.report_path.is_file()
-    assert "data:image/png;base64," in demo.report_path.read_text()
+    text = demo.report_path.read_text()
+    assert 'id="k-sweep"' in text and 'id="lineage"' in text and 'id="auroc-0"' in text
+    ok, total, widths = chromium_image_check(demo.report_path, tmp_path)
+    assert total >= 4 and ok == total and all(w > 0 for w in widths)
 
 
 def test_a_second_run_reuses_everything_and_decides_nothing(demo, demo_copy):
