@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS ?= -q
 
-.PHONY: demo test lint install bench clean-venv
+.PHONY: demo test lint install bench browser clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/decide demo
 
-test: $(STAMP)
+# The report's browser test uses Debian's chromium; install it when we can (root + apt), else it skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get install -y -q chromium >/dev/null 2>&1 || echo "chromium not installed: the report.html browser test will be skipped"; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n 2 --dist loadgroup
