@@ -3,7 +3,8 @@
 Everything an auditor needs to reconstruct what happened without our code:
 models, versions (spec, thresholds, digests, lineage links), aliases with
 every move, datasets, evaluations, error reports, decisions with all their
-candidates and approvals, treatment runs, blobs, and the audit chain with its
+candidates and approvals, treatment runs, monitoring schedules and their
+passes, blobs, and the audit chain with its
 verification result. Read in one read-only transaction, so it is consistent.
 """
 
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from registry import audit
 from registry.models import BlobRow, DatasetRow, EvaluationRow, VersionDatasetRow, VersionRow
 from registry.repo_decisions import list_decisions, run_history
+from registry.repo_jobs import list_passes, list_schedules
 from registry.repo_lineage import alias_moves
 from registry.repo_reports import list_reports
 from registry.repo_versions import get_version, list_aliases, list_models
@@ -55,6 +57,8 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
         "reports": list_reports(session),
         "decisions": list_decisions(session),
         "runs": run_history(session),
+        "schedules": list_schedules(session),
+        "scheduled_passes": list_passes(session),
         "blobs": [{"digest": b.digest, "size": b.size, "path": b.path, "created_at": b.created_at}
                   for b in session.scalars(select(BlobRow).order_by(BlobRow.created_at, BlobRow.digest))],
         "audit_events": audit.list_events(session),

@@ -411,3 +411,5 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(DIGEST))
+
+from registry import models_jobs  # noqa: E402, F401  (schedules, leases, passes: same metadata)

@@ -10,8 +10,8 @@ import getpass
 import os
 import re
 from pathlib import Path
-from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cxr.errors import InvalidInput
@@ -23,8 +23,10 @@ class Settings(BaseSettings):
     home: Path = Path(".decide")
     database_url: str | None = None
     actor: str | None = None
-    executor: Literal["local", "ray"] = "local"
     policy: Path | None = None  # DECIDE_POLICY: a policy TOML replacing the bundled default
+    # DECIDE_STALE_SECONDS: a run, a scheduled pass or a scheduler lease without a heartbeat for this
+    # long belongs to a process that died; the next pass marks it abandoned and proceeds.
+    stale_seconds: float = Field(default=90.0, gt=0)
 
     @property
     def home_dir(self) -> Path:

@@ -73,8 +73,8 @@ def _tiny_phantom(site: str, split: str, n: int):
     return phantom_dataset(PhantomConfig(site=site, split=split, n=n, resolution=32), workers=1), src
 
 
-@pytest.fixture(scope="session")
-def tiny_home_template(tmp_path_factory) -> TinyHome:
+def build_tiny_home(home: Path, url: str) -> TinyHome:
+    """Train the `tiny` baseline on site-a phantoms and register it (with its data sets) at `url`."""
     from cxr.spec import preset
     from cxr.train import TrainConfig, train
     from cxr.weights import to_bytes
@@ -83,8 +83,6 @@ def tiny_home_template(tmp_path_factory) -> TinyHome:
     from policies import load_policy
     from registry.session import dispose_engines, init_registry, session_scope
 
-    home = tmp_path_factory.mktemp("tiny-template")
-    url = f"sqlite:///{home / 'registry.db'}"
     init_registry(url)
     tr, cal, ev_a, ev_b = (_tiny_phantom("site-a", "train", 400), _tiny_phantom("site-a", "calibration", 300),
                            _tiny_phantom("site-a", "evaluation", 300), _tiny_phantom("site-b", "evaluation", 300))
@@ -99,6 +97,12 @@ def tiny_home_template(tmp_path_factory) -> TinyHome:
         record_dataset(s, fb[0], "feedback", fb[1])
     dispose_engines()
     return TinyHome(home, url)
+
+
+@pytest.fixture(scope="session")
+def tiny_home_template(tmp_path_factory) -> TinyHome:
+    home = tmp_path_factory.mktemp("tiny-template")
+    return build_tiny_home(home, f"sqlite:///{home / 'registry.db'}")
 
 
 @pytest.fixture

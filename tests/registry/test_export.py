@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from decision import reports
 from registry import repo
 from registry.export import export_all
-from registry.session import session_scope
+from registry.session import head_revision, session_scope
 from tests.registry import factories as f
 
 
@@ -22,6 +23,10 @@ def test_export_has_the_full_history(db_url):
         run = repo.start_run(s, d.id, "threshold_calibration", {}, v1.id)
         v2 = repo.derive_version(s, v1.id, thresholds={"Effusion": 0.2}, treatment_run_id=run.id)
         repo.finish_run(s, run.id, "accepted", v2.id, wall_seconds=0.1)
+        sc = repo.upsert_schedule(s, "weekly", cron="0 6 * * 1", model="cxr", source="phantom:site-b",
+                                  site="site-b")
+        p = repo.start_pass(s, sc.id, datetime(2026, 3, 2, 6, tzinfo=UTC), "host:1", 0)
+        repo.finish_pass(s, p.id, "succeeded", summary={"reports_created": 1})
     with session_scope(read_only=True) as s:
         data = export_all(s, url=db_url)
     text = json.dumps(data, allow_nan=False)  # plain JSON throughout
@@ -33,4 +38,7 @@ def test_export_has_the_full_history(db_url):
     assert data["decisions"][0]["candidates"][0]["treatment"] == "threshold_calibration"
     assert data["runs"][0]["outcome"] == "accepted" and data["blobs"][0]["path"].startswith("blobs/")
     assert data["audit_verification"]["ok"] and len(data["audit_events"]) >= 8
-    assert data["schema_revision"] == "0001_initial"
+    assert data["schema_revision"] == head_revision()
+    assert data["schedules"][0]["name"] == "weekly" and data["schedules"][0]["next_index"] == 1
+    assert data["scheduled_passes"][0]["status"] == "succeeded"
+    assert data["scheduled_passes"][0]["summary"] == {"reports_created": 1}

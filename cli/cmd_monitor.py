@@ -1,0 +1,241 @@
+"""Monitoring commands: `monitor run` (one pass now), `monitor schedule` (passes on a cron schedule),
+`monitor schedules`, `monitor passes`, `monitor unschedule`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.output import console, emit, err_console, fmt_float
+from decision.scheduler import PassOutcome, Scheduler, cron_trigger, job_summary, next_window_index
+from registry import repo
+from registry.session import session_scope
+from registry.settings import get_settings
+
+JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of tables.")
+POLICY_OPT = typer.Option(None, "--policy", help="Policy TOML (default: $DECIDE_POLICY, else the bundled default).")
+SOURCE_HELP = (
+    "Where the labelled feedback comes from: phantom:SITE replays the phantom's feedback of SITE one week "
+    "at a time (the embedded default); folder:DIR[:CSV] reads a folder of labelled studies (CSV of labels, "
+    "default DIR/labels.csv); nih:DIR reads NIH ChestX-ray14 images and metadata."
+)
+SITE_HELP = "The hospital/site whose feedback this is (reports and treatments are per site)."
+MODEL_OPT = typer.Option("cxr", "--model", help="Registered model whose production version is watched.")
+PER_WINDOW_OPT = typer.Option(1000, "--per-window", min=1, help="Feedback studies per window (phantom: per week).")
+MAX_COST_OPT = typer.Option(
+    None, "--max-cost", help="Do not run a treatment whose expected cost exceeds this: it awaits approval."
+)
+
+monitor_app = typer.Typer(
+    help=(
+        "Watch the production model on labelled feedback and treat what breaks.\n\n"
+        "A pass: score one window of labelled feedback with the production version, compare each "
+        "pathology's recall, false-positive rate and AUROC per site with the policy's SLOs, ingest an "
+        "error report for each clear breach, then let the decision engine treat the open reports "
+        "(cheapest likely fix first, gated on held-out data, promoted or rejected)."
+    ),
+    no_args_is_help=True,
+)
+
+
+def _render_summary(data: dict[str, Any]) -> None:
+    console.print(f"[bold]week {data['week']}[/] {data['window'][0][:10]} → {data['window'][1][:10]}: "
+                  f"{data['version']} on {data['dataset']}")
+    if data["breaches"]:
+        t = Table(title="SLO breaches (whole 95% interval on the wrong side)")
+        for c in ("pathology", "site", "breach", "recall", "FPR", "AUROC"):
+            t.add_column(c)
+        for b in data["breaches"]:
+            t.add_row(b["pathology"], b["site"], ", ".join(b["breaches"]), fmt_float(b["recall"]),
+                      fmt_float(b["fpr"]), fmt_float(b["auroc"]))
+        console.print(t)
+    else:
+        console.print("no SLO breach in this window")
+    console.print(f"reports: {data['reports_created']} new, {data['reports_existing']} already known"
+                  + (f"; still open from earlier windows: {len(data['still_open'])}" if data["still_open"] else ""))
+    if data["abandoned_runs"]:
+        console.print(f"[yellow]runs marked abandoned (no heartbeat):[/] {data['abandoned_runs']}")
+    for d in data["decisions"]:
+        colour = {"succeeded": "green", "awaiting_approval": "yellow"}.get(d["status"], "red")
+        console.print(f"[bold]decision {d['decision_id']}[/] (report {d['report_id']}): "
+                      f"[{colour}]{d['status']}[/] — {escape(d['message'])}")
+        for r in d["runs"]:
+            ver = f" → {r['version']}" if r["version"] else ""
+            console.print(f"  {r['treatment']}: {r['outcome']}{ver} in {r['wall_seconds']:.2f}s"
+                          + (f" [dim]{escape(r['error'])}[/]" if r["error"] else ""))
+
+
+def run_cmd(
+    source: str = typer.Option(..., "--source", help=SOURCE_HELP),
+    site: str = typer.Option(..., "--site", help=SITE_HELP),
+    model: str = MODEL_OPT,
+    week: int | None = typer.Option(
+        None, "--week", min=1,
+        help="Feedback window to read, 1-based (phantom: the replayed week). Default: the one after the latest "
+             "already monitored at this site.",
+    ),
+    per_window: int = PER_WINDOW_OPT,
+    max_cost: float | None = MAX_COST_OPT,
+    no_treat: bool = typer.Option(False, "--no-treat", help="Monitor and ingest only; leave reports open."),
+    policy: Path | None = POLICY_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run one pass now: feedback window → monitor → ingest reports → decide → treat (bounded by --max-cost).
+
+    Example: decide monitor run --source phantom:site-b --site site-b --week 1
+
+    Re-running a window stores nothing twice. Exit 1 if a decision ended with every treatment
+    rejected or failed (as `decide run`).
+    """
+    from decision.engine import Engine
+    from decision.jobs import monitor_pass
+
+    index = week - 1 if week is not None else next_window_index(source, site)
+    engine = Engine.from_settings(policy)
+    result = monitor_pass(engine, model, source, site, index=index, per_window=per_window, max_cost=max_cost,
+                          treat=not no_treat, stale_after=timedelta(seconds=get_settings().stale_seconds))
+    data = job_summary(result)
+    emit(data, as_json, lambda: _render_summary(data))
+    if any(d["status"] == "exhausted" and d["runs"] for d in data["decisions"]):
+        raise typer.Exit(1)
+
+
+def _print_outcome(out: PassOutcome) -> None:
+    when = out.fire_time.strftime("%Y-%m-%d %H:%M:%S")
+    if not out.ran:
+        err_console.print(f"[dim]{when} schedule {out.schedule_id}: skipped ({escape(out.reason)})[/]")
+    elif out.status is not None and out.status.value == "succeeded":
+        err_console.print(f"{when} schedule {out.schedule_id}: pass {out.pass_id} [green]succeeded[/]")
+    else:
+        err_console.print(f"{when} schedule {out.schedule_id}: pass {out.pass_id} [red]failed[/] — "
+                          f"{escape(out.reason)}")
+
+
+def schedule_cmd(
+    cron: str = typer.Option(
+        ..., "--cron",
+        help='When to run, as a crontab in UTC: "minute hour day month weekday", e.g. "0 6 * * 1" (Mondays '
+             '06:00), "*/30 * * * *" (every 30 minutes); weekday 0 or 7 = Sunday. Six fields put seconds first: '
+             '"*/10 * * * * *" (every 10 seconds).',
+    ),
+    source: str = typer.Option(..., "--source", help=SOURCE_HELP),
+    site: str = typer.Option(..., "--site", help=SITE_HELP),
+    name: str = typer.Option("default", "--name", help="Schedule name; storing the same name again updates it."),
+    model: str = MODEL_OPT,
+    per_window: int = PER_WINDOW_OPT,
+    max_cost: float | None = MAX_COST_OPT,
+    no_run: bool = typer.Option(False, "--no-run", help="Only store the schedule; do not start the scheduler."),
+    policy: Path | None = POLICY_OPT,
+) -> None:
+    """Store a schedule in the registry, then run every enabled schedule in the foreground until stopped.
+
+    Each fire runs one pass (as `monitor run`) on the next feedback window; a pass that fails is recorded
+    and the next one proceeds. Schedules live in the registry: a restarted scheduler resumes them, and
+    several scheduler processes on one database run each pass once (a lease per schedule plus one pass
+    row per fire time). SIGTERM or Ctrl-C: no new passes, a running pass finishes; a second signal
+    interrupts it (recorded as failed). Exit 0.
+
+    Example: decide monitor schedule --cron "0 6 * * 1" --source phantom:site-b --site site-b
+    """
+    from decision.jobs import feedback_source
+
+    trigger = cron_trigger(cron)
+    feedback_source(source, site, 0, per_window, 32)  # refuses an unknown source kind now, not at the first fire
+    with session_scope() as s:
+        sc = repo.upsert_schedule(s, name, cron=cron, model=model, source=source, site=site, per_window=per_window,
+                                  max_cost=max_cost)
+    nxt = trigger.get_next_fire_time(None, datetime.now(UTC))
+    console.print(f"schedule [bold]{sc.name}[/] stored: {sc.cron} (UTC) → {sc.model} on {sc.source} at {sc.site}, "
+                  f"next window week {sc.next_index + 1}, next fire {nxt:%Y-%m-%d %H:%M:%S}")
+    if no_run:
+        return
+    err_console.print("scheduler running (SIGTERM or Ctrl-C to stop)")
+    code = Scheduler(policy_path=policy, on_outcome=_print_outcome).serve()
+    raise typer.Exit(code)
+
+
+def schedules_cmd(as_json: bool = JSON_OPT) -> None:
+    """The stored schedules, their next fire time and their latest pass."""
+    now = datetime.now(UTC)
+    with session_scope(read_only=True) as s:
+        rows = []
+        for sc in repo.list_schedules(s):
+            last = repo.list_passes(s, schedule_id=sc.id, limit=1)
+            try:
+                nxt = cron_trigger(sc.cron).get_next_fire_time(None, now) if sc.enabled else None
+            except Exception:  # a cron stored by hand may not parse: shown, never scheduled
+                nxt = None
+            rows.append({**sc.__dict__, "next_fire": nxt, "last_pass": last[0].__dict__ if last else None})
+
+    def render() -> None:
+        if not rows:
+            console.print("no schedules: `decide monitor schedule --cron … --source … --site …` stores one")
+            return
+        t = Table(title="schedules (cron in UTC)")
+        for c in ("name", "cron", "model", "source", "site", "per window", "max cost", "next week", "next fire",
+                  "last pass"):
+            t.add_column(c)
+        for r in rows:
+            lp = r["last_pass"]
+            t.add_row(r["name"] + ("" if r["enabled"] else " (disabled)"), r["cron"], r["model"], r["source"],
+                      r["site"], str(r["per_window"]), fmt_float(r["max_cost"], 1), str(r["next_index"] + 1),
+                      f"{r['next_fire']:%Y-%m-%d %H:%M:%S}" if r["next_fire"] else "—",
+                      f"{lp['status'].value} {lp['fire_time']:%Y-%m-%d %H:%M:%S}" if lp else "—")
+        console.print(t)
+
+    emit(rows, as_json, render)
+
+
+def passes_cmd(
+    schedule: str | None = typer.Option(None, "--schedule", help="Only this schedule's passes (name)."),
+    limit: int = typer.Option(20, "--limit", min=1, help="Show the newest N passes."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Recent scheduled passes: which process ran each fire, on which window, and how it ended."""
+    with session_scope(read_only=True) as s:
+        names = {sc.id: sc.name for sc in repo.list_schedules(s)}
+        sid = repo.get_schedule(s, schedule).id if schedule is not None else None
+        rows = [p.__dict__ | {"schedule": names.get(p.schedule_id)}
+                for p in repo.list_passes(s, schedule_id=sid, limit=limit)]
+
+    def render() -> None:
+        if not rows:
+            console.print("no passes yet")
+            return
+        t = Table(title="scheduled passes (times in UTC)")
+        for c in ("id", "schedule", "fire time", "week", "holder", "status", "seconds", "reports", "decisions",
+                  "error"):
+            t.add_column(c, overflow="fold")
+        for p in rows:
+            sm = p["summary"] or {}
+            secs = (p["finished_at"] - p["started_at"]).total_seconds() if p["finished_at"] else None
+            colour = {"succeeded": "green", "running": "cyan"}.get(p["status"].value, "red")
+            t.add_row(str(p["id"]), p["schedule"] or "(deleted)", f"{p['fire_time']:%Y-%m-%d %H:%M:%S}",
+                      str(p["window_index"] + 1), p["holder"], f"[{colour}]{p['status'].value}[/]",
+                      fmt_float(secs, 1), str(sm.get("reports_created", "")),
+                      ", ".join(d["status"] for d in sm.get("decisions", [])), escape(p["error_text"][:80]))
+        console.print(t)
+
+    emit(rows, as_json, render)
+
+
+def unschedule_cmd(name: str = typer.Argument(..., help="Schedule name (see `decide monitor schedules`)."),
+                   as_json: bool = JSON_OPT) -> None:
+    """Delete a schedule; its past passes stay. Running schedulers drop it within their next re-sync (30 s)."""
+    with session_scope() as s:
+        gone = repo.delete_schedule(s, name)
+    emit({"deleted": gone.name, "id": gone.id}, as_json, lambda: console.print(f"schedule {gone.name} deleted"))
+
+
+def register(app: typer.Typer) -> None:
+    monitor_app.command("run")(run_cmd)
+    monitor_app.command("schedule")(schedule_cmd)
+    monitor_app.command("schedules")(schedules_cmd)
+    monitor_app.command("passes")(passes_cmd)
+    monitor_app.command("unschedule")(unschedule_cmd)
+    app.add_typer(monitor_app, name="monitor")
