@@ -151,6 +151,65 @@ def predict_cmd(
     emit(rows, as_json, render)
 
 
+def explain_cmd(
+    images: list[Path] = typer.Argument(..., help="PNG or JPEG chest X-rays."),
+    pathology: str = typer.Option(..., "--pathology", help="Whose logit to explain, e.g. Cardiomegaly."),
+    weights: Path | None = typer.Option(None, "--weights", help="A .safetensors weights file (digest-checked)."),
+    version: str | None = typer.Option(
+        None, "--version", help="A registered version instead of a file: cxr:3, cxr@production (needs a home)."
+    ),
+    out: Path = typer.Option(Path("gradcam"), "--out", help="Folder for the overlays (IMAGE-PATHOLOGY.png)."),
+    layer: str = typer.Option(
+        "features", "--layer", help="Module to explain at: features (the last map, exact CAM) or e.g. "
+        "features.denseblock3 (finer, through autograd)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Grad-CAM: where in each film the pathology's score comes from, written as PNG overlays.
+
+    Example: decide explain film.png --pathology Cardiomegaly --version cxr@production --out heatmaps/
+
+    Use it on the films behind a report's worst false positives (its cases name them).
+    """
+    import numpy as np
+
+    from cxr.features import sigmoid
+    from cxr.gradcam import grad_cam, save_overlay
+    from cxr.images import load_image_file
+
+    if (weights is None) == (version is None):
+        raise InvalidInput("give exactly one of --weights FILE or --version REF", field="weights")
+    if weights is not None:
+        model, _w = load_model(weights)
+    else:
+        from decision.catalog import Catalog
+        from registry import repo
+        from registry.session import session_scope
+
+        with session_scope(read_only=True) as s:
+            v = repo.resolve_version(s, version)
+        cat = Catalog(get_settings().home_dir)
+        model = cat.model(cat.weights(v))
+    x = np.stack([load_image_file(p, model.spec.resolution) for p in images])
+    exp = grad_cam(model, x, pathology, layer=layer)
+    rows = []
+    for p, img, heat, logit in zip(images, x, exp.maps, exp.logits, strict=True):
+        prob = float(sigmoid(np.array([logit]))[0])
+        png = save_overlay(img, heat, out / f"{p.stem}-{pathology}.png", title=f"{pathology} p={prob:.2f}")
+        rows.append({"image": str(p), "pathology": pathology, "layer": layer, "probability": prob,
+                     "overlay": str(png)})
+
+    def render() -> None:
+        t = Table(title=f"Grad-CAM of {pathology} at {layer}")
+        for c in ("image", "probability", "overlay"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(Path(r["image"]).name, fmt_float(r["probability"]), r["overlay"])
+        console.print(t)
+
+    emit(rows, as_json, render)
+
+
 def import_weights_cmd(
     source: str = typer.Argument(..., help="A checkpoint path, or a torchxrayvision weights name in its cache dir."),
     out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
@@ -196,4 +255,5 @@ def register(app: typer.Typer) -> None:
     app.command("phantom")(phantom_cmd)
     app.command("train")(train_cmd)
     app.command("predict")(predict_cmd)
+    app.command("explain")(explain_cmd)
     app.command("import-weights")(import_weights_cmd)
