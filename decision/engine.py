@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from decision.catalog import Catalog
+from decision.executor import Executor, LocalExecutor, make_executor
 from decision.planner import Plan, RunStat, TreatmentInfo, plan
 from decision.treat import Outcome, data_plan, execute, report_info, report_view
 from policies import Policy, load_policy, policy_digest
@@ -88,8 +89,9 @@ class Engine:
     """Plans and treats open reports against one registry and DECIDE_HOME."""
 
     def __init__(self, url: str | None, home: Path, policy: Policy, plugins: dict[str, Treatment] | None = None,
-                 worker: str = "local") -> None:
+                 worker: str = "local", executor: Executor | None = None) -> None:
         self.url, self.home, self.policy, self.worker = url, Path(home), policy, worker
+        self.executor: Executor = executor or LocalExecutor()
         self.plugins = plugins if plugins is not None else load_treatments().treatments
         self.catalog = Catalog(self.home)
         self.digest = policy_digest(policy)
@@ -103,7 +105,7 @@ class Engine:
         settings = get_settings()
         policy = load_policy(policy_path or settings.policy)
         who = worker or f"{socket.gethostname()}:{os.getpid()}"
-        return cls(None, settings.home_dir, policy, worker=who)
+        return cls(None, settings.home_dir, policy, worker=who, executor=make_executor(settings.executor))
 
     # -- planning (no writes) -----------------------------------------------
     def parent_of(self, session: Session, report: ReportEntity) -> VersionEntity:
@@ -208,7 +210,7 @@ class Engine:
             self._set_status(decision_id, DecisionStatus.running, cand.treatment)
             try:
                 result = execute(self.url, self.home, self.catalog, self.policy, self.plugins[cand.treatment],
-                                 report, parent, decision_id)
+                                 report, parent, decision_id, executor=self.executor)
             except BaseException:  # interrupted: the run is recorded as failed; leave the report actionable
                 self._finish(out, DecisionStatus.cancelled, f"interrupted during {cand.treatment}",
                              report_status=ReportStatus.open)

@@ -30,6 +30,7 @@ import torch
 from cxr.weights import Weights, to_bytes
 from decision.catalog import Catalog, head_of
 from decision.evaluate import EvaluationReport, evaluate_scores
+from decision.executor import Executor, LocalExecutor
 from decision.gate import Check, GateResult, gate, other_site_checks
 from decision.planner import ReportView
 from decision.registration import register_weights_bytes
@@ -172,7 +173,7 @@ def judge(view: ReportView, evals: dict[int, EvaluationReport], datasets: list[D
 
 
 def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: Treatment, report: ReportEntity,
-            parent: VersionEntity, decision_id: int, seed: int = 0) -> Outcome:
+            parent: VersionEntity, decision_id: int, seed: int = 0, executor: Executor | None = None) -> Outcome:
     """Run `plugin` for `report` on `parent`; see the module docstring for the order of effects."""
     entry = policy.treatments.get(plugin.name)
     params: dict[str, Any] = dict(entry.params) if entry is not None else {}
@@ -198,7 +199,7 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
         )
         t0 = time.perf_counter()
         with Heartbeat(url, run.id):
-            result = plugin.apply(ctx)
+            result = (executor or LocalExecutor()).run(plugin, ctx)
         wall = time.perf_counter() - t0
         cand_w, data = candidate_weights(parent_w, result)
         thresholds = dict(result.thresholds or parent.thresholds)

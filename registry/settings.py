@@ -10,6 +10,7 @@ import getpass
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     actor: str | None = None
     policy: Path | None = None  # DECIDE_POLICY: a policy TOML replacing the bundled default
+    # DECIDE_EXECUTOR: where heavy (image-reading) treatments run: here, or as Ray tasks (RAY_ADDRESS)
+    executor: Literal["local", "ray"] = "local"
     # DECIDE_STALE_SECONDS: a run, a scheduled pass or a scheduler lease without a heartbeat for this
     # long belongs to a process that died; the next pass marks it abandoned and proceeds.
     stale_seconds: float = Field(default=90.0, gt=0)
