@@ -160,8 +160,8 @@ def explain_cmd(
     ),
     out: Path = typer.Option(Path("gradcam"), "--out", help="Folder for the overlays (IMAGE-PATHOLOGY.png)."),
     layer: str = typer.Option(
-        "features", "--layer", help="Module to explain at: features (the last map, exact CAM) or e.g. "
-        "features.denseblock3 (finer, through autograd)."
+        "auto", "--layer", help="Module to explain at: auto (the deepest map at least 7 px wide: features for "
+        "DenseNet121 at 224 px), features (the last map, exact CAM) or e.g. features.denseblock3."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:

@@ -54,10 +54,40 @@ def _module(model: CXRDenseNet, layer: str) -> torch.nn.Module:
     return modules[layer]
 
 
+def auto_layer(model: CXRDenseNet, min_side: int = 7) -> str:
+    """The deepest feature map at least `min_side` pixels wide at the model's resolution.
+
+    DenseNet121 at 224 px: `features` (7 × 7, exact CAM). A compact model at 64 px
+    ends at 2 × 2, too coarse to show anything, so its maps come from an earlier
+    block (e.g. `features.denseblock2`, 8 × 8).
+    """
+    sides: list[tuple[str, int]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=name: sides.append((n, out.shape[-1])))
+             for name, m in model.features.named_children()]
+    was_training = model.training
+    model.eval()  # no batch-norm statistics move
+    try:
+        with torch.no_grad():
+            r = model.spec.resolution
+            model.features(torch.zeros(1, model.spec.in_channels, r, r))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if sides and sides[-1][1] >= min_side:
+        return LAST
+    deep = [n for n, side in sides if side >= min_side]
+    return f"features.{deep[-1]}" if deep else LAST
+
+
 def grad_cam(model: CXRDenseNet, images: np.ndarray | torch.Tensor, pathology: str, *,
              layer: str = LAST) -> Explanation:
-    """Grad-CAM maps of `pathology` for a batch of images shaped (N, 1, H, W) in torchxrayvision's range."""
+    """Grad-CAM maps of `pathology` for a batch of images shaped (N, 1, H, W) in torchxrayvision's range.
+
+    `layer`: a module name, `features` (the last map, exact CAM) or `auto` (see `auto_layer`).
+    """
     j = _pathology_index(model, pathology)
+    layer = auto_layer(model) if layer == "auto" else layer
     target = _module(model, layer)
     x = torch.as_tensor(images, dtype=torch.float32)
     if x.ndim != 4 or x.shape[1] != model.spec.in_channels:

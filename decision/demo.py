@@ -150,7 +150,8 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
     acceptance = check_final(engine, policy, repo_version(url, baseline.id), final, evaluation_sets,
                              cfg.feedback_site)
     timings["total_s"] = time.perf_counter() - t_all
-    report_path = _write_report(export, home, timings, acceptance)
+    cases = _case_figures(engine, url, cfg.feedback_site, repo_version(url, baseline.id), final)
+    report_path = _write_report(export, home, timings, acceptance, cases)
     return DemoResult(home, baseline.ref, final.ref, trained_now, weeks, acceptance, export, report_path, timings)
 
 
@@ -196,8 +197,33 @@ def check_final(engine: Engine, policy: Policy, baseline, final, datasets, site:
     return out
 
 
-def _write_report(export: dict[str, Any], home: Path, timings: dict[str, float], acceptance: dict[str, Any]
-                  ) -> Path | None:
+def _case_figures(engine: Engine, url: str, site: str, baseline, final) -> list[tuple[str, bytes]]:
+    """Grad-CAM of the worst false positives of each Cardiomegaly report at `site`, baseline vs final."""
+    from decision.case_maps import case_grid
+
+    try:
+        return _cardiomegaly_grids(engine, url, site, baseline, final, case_grid)
+    except Exception as exc:  # a figure must not cost the run its report
+        log.warning("case evidence figures skipped: %s", exc)
+        return []
+
+
+def _cardiomegaly_grids(engine: Engine, url: str, site: str, baseline, final, case_grid) -> list[tuple[str, bytes]]:
+    with session_scope(url, read_only=True) as s:
+        reports = [r for r in repo.list_reports(s) if r.site == site and r.pathology == "Cardiomegaly"
+                   and str(getattr(r.kind, "value", r.kind)) == "false_positives"]
+    out = []
+    for r in reports[:2]:
+        versions = [baseline] if final.id == baseline.id else [baseline, final]
+        grid = case_grid(engine.catalog, url, r, versions)
+        if grid is not None:
+            out.append((f"report {r.id}: {r.pathology} false positives at {r.site}, "
+                        f"{' vs '.join(v.ref for v in versions)}", grid[0]))
+    return out
+
+
+def _write_report(export: dict[str, Any], home: Path, timings: dict[str, float], acceptance: dict[str, Any],
+                  cases: list[tuple[str, bytes]] | None = None) -> Path | None:
     try:
         from decision.report_html import write_report
     except ImportError:  # pragma: no cover - the report module ships with the package
@@ -205,7 +231,7 @@ def _write_report(export: dict[str, Any], home: Path, timings: dict[str, float],
     return write_report(export, home / "report.html", title="cxr-decide demo",
                         extra={"timings": {k: round(v, 1) for k, v in timings.items()},
                                "audit_verified": bool(export.get("audit_verification", {}).get("ok")),
-                               "acceptance": acceptance})
+                               "acceptance": acceptance, "case_figures": cases or []})
 
 
 def summary_rows(result: DemoResult) -> dict[str, Any]:

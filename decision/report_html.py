@@ -123,8 +123,9 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
                  extra: dict[str, Any] | None = None) -> Path:
     """Write the report for `export` to `out_path` and return it.
 
-    `extra` may hold `timings` (name → seconds), `acceptance` (the demo's final checks) and
-    `summary_lines` (free text lines shown under the title).
+    `extra` may hold `timings` (name → seconds), `acceptance` (the demo's final checks),
+    `summary_lines` (free text lines shown under the title) and `case_figures` ((caption, PNG)
+    pairs: Grad-CAM grids of a report's cases, from `decision.case_maps`).
     """
     extra = extra or {}
     audit = export.get("audit_verification") or {}
@@ -151,6 +152,15 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
     sweep = ksweep_plot(export)
     body.append(_img(sweep, "surgery K-sweep", "k-sweep") if sweep else
                 "<p class='muted'>no surgical correction has recorded a K-sweep yet</p>")
+    if extra.get("case_figures") is not None:
+        body.append("<h2>Case evidence: Grad-CAM of the worst false positives</h2>"
+                    "<p class='muted'>Where the model looks on the films a report named, under each version; "
+                    "a fix that only moves the threshold leaves the map alone.</p>")
+        figs = extra["case_figures"]
+        body += [f"<figure>{_img(png, caption, f'cases-{i}')}<figcaption>{_e(caption)}</figcaption></figure>"
+                 for i, (caption, png) in enumerate(figs)]
+        if not figs:
+            body.append("<p class='muted'>no report with case evidence whose films are registered</p>")
     body.append("<h2>Lineage</h2>")
     lineage = lineage_plot(export)
     body.append(_img(lineage, "lineage graph", "lineage") if lineage else "<p class='muted'>no versions</p>")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from cxr.data import phantom_dataset
 from cxr.errors import InvalidInput
-from cxr.gradcam import grad_cam
+from cxr.gradcam import auto_layer, grad_cam
 from cxr.images import write_folder
 from cxr.infer import predict_logits
 from cxr.model import build_model
@@ -69,6 +69,15 @@ def test_the_map_depends_on_the_classifier_row(model, data):
     changed = grad_cam(other, x, "Mass").maps
     corr = np.corrcoef(first.ravel(), changed.ravel())[0, 1]
     assert corr < 0.9, corr
+
+
+def test_auto_layer_is_the_deepest_map_wide_enough_to_show_something():
+    assert auto_layer(build_model(preset("densenet121"), seed=0)) == "features"  # 7 x 7 at 224 px: exact CAM
+    compact = build_model(preset("compact"), seed=0)
+    compact.train()
+    before = compact.features.norm0.running_mean.clone()
+    assert auto_layer(compact) == "features.denseblock2"  # 64 px: the last map is 2 x 2, this one 8 x 8
+    assert compact.training and torch.equal(before, compact.features.norm0.running_mean)
 
 
 @pytest.mark.parametrize(("kw", "field"), [({"pathology": "Flu"}, "pathology"), ({"layer": "features.nope"}, "layer")])

@@ -91,3 +91,39 @@ def test_the_check_notices_a_broken_image(tmp_path):
     page.write_text(text)
     ok, total, widths = chromium_image_check(page, tmp_path)
     assert total == 1 and ok == 0 and widths == [0]
+
+
+def test_case_evidence_grid_explains_the_reported_films_under_each_version(tiny_home, tmp_path):
+    from decision.case_maps import case_grid
+    from registry import repo
+    from registry.entities import DatasetRole
+
+    engine = Engine(tiny_home.url, tiny_home.home, load_policy())
+    cat = engine.catalog
+    with session_scope(tiny_home.url, read_only=True) as s:
+        [fb] = repo.list_datasets(s, role=DatasetRole.feedback, site="site-b")
+        v1 = repo.resolve_version(s, "cxr@production")
+    probs = cat.probabilities(cat.weights(v1), fb)[:, list(cat.weights(v1).spec.pathologies).index("Cardiomegaly")]
+    ds = cat.dataset(fb)
+    ids = [ds.image_ids[i] for i in (5, 1, 7)]
+    rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives", "metric": "fpr",
+           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": datetime(2026, 2, 1, tzinfo=UTC),
+           "window_end": datetime(2026, 2, 8, tzinfo=UTC), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1},
+           "cases": [{"image_id": i, "score": 0.5, "label": 0} for i in ids]
+           + [{"image_id": "not-registered", "score": 0.9, "label": 0}]}
+    with session_scope(tiny_home.url) as s:
+        rid = ingest(s, [parse_report(rep)]).ids[0]
+        report = repo.get_report(s, rid)
+    png, cells = case_grid(cat, tiny_home.url, report, [v1, v1])
+    assert png.startswith(PNG_MAGIC)
+    assert [c["image_id"] for c in cells] == ids * 2  # found films only, in the report's order
+    for c, i in zip(cells[:3], (5, 1, 7), strict=True):  # Grad-CAM's logit is the model's own score
+        assert abs(c["probability"] - probs[i]) < 1e-4
+        thr = v1.thresholds.get("Cardiomegaly")  # None where calibration could not certify one
+        assert c["positive"] == (None if thr is None else c["probability"] >= thr)
+
+    page = write_report({"versions": [], "reports": [], "decisions": [], "runs": [], "evaluations": [],
+                         "datasets": [], "aliases": [], "alias_history": []}, tmp_path / "r.html",
+                        extra={"case_figures": [("report 1: <b>x</b>", png)]})
+    text = page.read_text()
+    assert 'id="cases-0"' in text and "report 1: &lt;b&gt;x&lt;/b&gt;" in text

@@ -67,6 +67,7 @@ def test_the_report_html_shows_its_plots_in_headless_chromium(demo, tmp_path):
     assert demo.report_path is not None and demo.report_path.is_file()
     text = demo.report_path.read_text()
     assert 'id="k-sweep"' in text and 'id="lineage"' in text and 'id="auroc-0"' in text
+    assert 'id="cases-0"' in text  # Grad-CAM of the Cardiomegaly report's worst false positives
     ok, total, widths = chromium_image_check(demo.report_path, tmp_path)
     assert total >= 4 and ok == total and all(w > 0 for w in widths)
 
