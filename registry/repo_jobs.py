@@ -63,8 +63,9 @@ def upsert_schedule(session: Session, name: str, *, cron: str, model: str, sourc
     """Create the schedule `name`, or update its fields (`next_index` is kept unless given); audited.
 
     Validates the plain fields (the cron expression is checked by the scheduler,
-    which owns its syntax). Two creators racing on one name: the second gets
-    `AlreadyExists` from `session_scope`.
+    which owns its syntax). Two creators racing on one name (two schedulers
+    started at once): the second's INSERT fails inside a SAVEPOINT and it updates
+    the first's row instead.
     """
     if not isinstance(name, str) or not name.strip() or len(name) > 128:
         raise InvalidInput("a schedule needs a name of 1 to 128 characters", field="name")
@@ -74,15 +75,20 @@ def upsert_schedule(session: Session, name: str, *, cron: str, model: str, sourc
     _check_schedule(values)
     who = actor_of(actor)
     now = utcnow()
-    row = session.scalars(select(ScheduleRow).where(ScheduleRow.name == name).with_for_update()).one_or_none()
+    find = select(ScheduleRow).where(ScheduleRow.name == name).with_for_update()
+    row = session.scalars(find).one_or_none()
     if row is None:
         row = ScheduleRow(name=name, created_by=who, created_at=now, updated_at=now,
                           **{**values, "next_index": next_index or 0})
-        session.add(row)
-        session.flush()
-        audit.record(session, "schedule.create", "schedule", row.id,
-                     new={"name": name, **{k: getattr(row, k) for k in _EDITABLE}}, actor=who)
-        return row.to_entity()
+        try:
+            with session.begin_nested():  # two schedulers started at once: one INSERT wins
+                session.add(row)
+        except IntegrityError:
+            row = session.scalars(find).one()  # the winner's row (committed): update it below
+        else:
+            audit.record(session, "schedule.create", "schedule", row.id,
+                         new={"name": name, **{k: getattr(row, k) for k in _EDITABLE}}, actor=who)
+            return row.to_entity()
     old = {k: getattr(row, k) for k in _EDITABLE}
     for k, v in values.items():
         if v is not None or k == "max_cost":

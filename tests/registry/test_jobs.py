@@ -204,6 +204,32 @@ def test_a_pass_needs_a_schedule_and_an_aware_fire_time(db_url):
             repo.start_pass(s, sc.id, T0.replace(tzinfo=None), "a", 0)
 
 
+def test_racing_upserts_of_one_name_make_one_schedule(db_url):
+    """Schedulers started at once store the same schedule: none fails, one row, one create event."""
+    n, barrier, errors = 4, threading.Barrier(4), []
+
+    def store(i):
+        barrier.wait()
+        try:
+            with session_scope() as s:
+                _schedule(s, "shared", per_window=100 + i)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with session_scope(read_only=True) as s:
+        [sc] = repo.list_schedules(s)
+        assert sc.name == "shared" and 100 <= sc.per_window < 100 + n
+        actions = [e.action for e in audit.list_events(s, entity_type="schedule")]
+        assert actions.count("schedule.create") == 1
+        assert audit.verify_chain(s).ok
+
+
 def test_two_creators_of_one_name(db_url):
     with session_scope() as s:
         _schedule(s)
