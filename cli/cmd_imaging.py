@@ -196,11 +196,11 @@ def explain_cmd(
     for p, img, heat, logit in zip(images, x, exp.maps, exp.logits, strict=True):
         prob = float(sigmoid(np.array([logit]))[0])
         png = save_overlay(img, heat, out / f"{p.stem}-{pathology}.png", title=f"{pathology} p={prob:.2f}")
-        rows.append({"image": str(p), "pathology": pathology, "layer": layer, "probability": prob,
+        rows.append({"image": str(p), "pathology": pathology, "layer": exp.layer, "probability": prob,
                      "overlay": str(png)})
 
     def render() -> None:
-        t = Table(title=f"Grad-CAM of {pathology} at {layer}")
+        t = Table(title=f"Grad-CAM of {pathology} at {exp.layer}")
         for c in ("image", "probability", "overlay"):
             t.add_column(c)
         for r in rows:

@@ -105,3 +105,14 @@ def test_decide_explain_writes_png_overlays(model, data, tmp_path):
         assert 0 < r["probability"] < 1
     res = runner.invoke(app, ["explain", str(films[0]), "--pathology", "Cardiomegaly"])
     assert res.exit_code == 2 and "--weights" in res.output
+
+
+@pytest.mark.xdist_group("tiny-home")
+def test_decide_explain_a_registered_version(tiny_home, data, tmp_path):
+    write_folder(data.subset([2]), tmp_path / "films")
+    [film] = sorted((tmp_path / "films" / "images").glob("*.png"))
+    res = CliRunner().invoke(app, ["explain", str(film), "--pathology", "Effusion", "--version", "cxr@production",
+                                   "--out", str(tmp_path / "heat"), "--json"])
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(res.stdout)
+    assert row["layer"] == "features.denseblock1" and (tmp_path / "heat" / f"{film.stem}-Effusion.png").is_file()
