@@ -270,6 +270,39 @@ def rollback_cmd(version: str = typer.Argument(..., help="The version to put bac
 
 
 @_needs_db
+def gc_cmd(apply: bool = typer.Option(False, "--apply", help="Delete them (default: only list them)."),
+           min_age_hours: float = typer.Option(
+               1.0, "--min-age-hours", min=0,
+               help="Only files at least this old: a registration writes its blob before it commits."),
+           as_json: bool = JSON_OPT) -> None:
+    """List (and with --apply delete) blob-store files that no registered version can use.
+
+    They come from registrations that failed after writing their weights, and temp files of killed
+    writers. Every registered blob is kept, rejected candidates' too (they are part of the record).
+    Deleting is recorded in the audit trail. Example: decide gc, then decide gc --apply
+    """
+    with session_scope() as s:
+        orphans, freed = repo.collect_garbage(s, apply=apply, min_age_seconds=min_age_hours * 3600)
+    data = {"applied": apply, "orphans": [asdict(o) for o in orphans], "bytes": sum(o.size for o in orphans),
+            "bytes_freed": freed}
+
+    def render() -> None:
+        if not orphans:
+            console.print("blob store clean: every file is a registered blob")
+            return
+        t = Table(title=f"unregistered files in the blob store ({'deleted' if apply else 'dry run'})")
+        for c in ("path", "kind", "bytes", "age (h)"):
+            t.add_column(c)
+        for o in orphans:
+            t.add_row(esc(o.path), o.kind, str(o.size), f"{o.age_seconds / 3600:.1f}")
+        console.print(t)
+        console.print(f"{len(orphans)} file(s), {data['bytes']} bytes" +
+                      (f": deleted ({freed} bytes freed)" if apply else ": run `decide gc --apply` to delete"))
+
+    emit(data, as_json, render)
+
+
+@_needs_db
 def audit_verify_cmd(as_json: bool = JSON_OPT) -> None:
     """Recompute the audit chain; exit 1 naming the first broken event, 0 when intact."""
     with session_scope(read_only=True) as s:
@@ -339,6 +372,7 @@ def register(app: typer.Typer) -> None:
     app.command("lineage")(lineage_cmd)
     app.command("diff")(diff_cmd)
     app.command("rollback")(rollback_cmd)
+    app.command("gc")(gc_cmd)
     audit_app.command("verify")(audit_verify_cmd)
     audit_app.command("log")(audit_log_cmd)
     app.add_typer(audit_app, name="audit")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.errors import IntegrityFailure, InvalidInput, NotFound
@@ -86,3 +88,61 @@ def get_bytes(digest: str, home: Path | None = None) -> bytes:
 
 def has_blob(digest: str, home: Path | None = None) -> bool:
     return blob_path(digest, home).is_file()
+
+
+# -- garbage collection ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Orphan:
+    """A file under `blobs/` that no `blobs` row names: a registration that failed after writing its
+    blob, or a temp file a killed writer left behind."""
+
+    path: str  # relative to DECIDE_HOME
+    size: int
+    age_seconds: float
+    kind: str  # "blob" | "temp"
+
+
+def find_orphans(known: set[str], home: Path | None = None, *, min_age_seconds: float = 3600.0,
+                 now: float | None = None) -> list[Orphan]:
+    """Files under `DECIDE_HOME/blobs` whose digest is not in `known`, older than `min_age_seconds`.
+
+    The age guard matters: a registration writes its blob *before* its transaction commits the
+    row, so a young unknown blob may be one about to be registered. No registration takes an hour.
+    """
+    root = _home(home)
+    base = root / "blobs"
+    now = time.time() if now is None else now
+    out: list[Orphan] = []
+    if not base.is_dir():
+        return out
+    for path in sorted(base.glob("*/*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        name = path.name
+        if _HEX64.match(name) and path.parent.name == name[:2]:
+            if name in known:
+                continue
+            kind = "blob"
+        elif name.startswith(".") and name.endswith(".tmp"):
+            kind = "temp"
+        else:
+            continue  # not ours: never touched
+        st = path.stat()
+        age = now - st.st_mtime
+        if age >= min_age_seconds:
+            out.append(Orphan(str(path.relative_to(root)), st.st_size, age, kind))
+    return out
+
+
+def remove_orphans(orphans: list[Orphan], home: Path | None = None) -> int:
+    """Delete the given orphans (each path re-checked to lie directly in the store); return bytes freed."""
+    store = _home(home) / "blobs"
+    freed = 0
+    for o in orphans:
+        path = _home(home) / o.path
+        if path.is_symlink() or path.resolve().parent.parent != store:
+            raise InvalidInput(f"not a blob store path: {o.path}", field="path")
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed

@@ -56,6 +56,7 @@ from registry.repo_reports import (
 from registry.repo_versions import (
     add_evaluations,
     canonical_spec,
+    collect_garbage,
     derive_version,
     find_version_id,
     get_or_create_dataset,
@@ -81,6 +82,7 @@ __all__ = [
     "canonical_spec",
     "claim_reports",
     "code_version",
+    "collect_garbage",
     "create_decision",
     "delete_schedule",
     "derive_version",

@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
-from registry import audit
+from registry import audit, blobs
 from registry.blobs import check_digest, relative_path
 from registry.entities import (
     PRODUCTION,
@@ -89,6 +89,27 @@ def record_blob(session: Session, blob: BlobRef) -> None:
     check_digest(blob.digest)
     insert_ignore(session, BlobRow, {"digest": blob.digest, "size": blob.size, "path": relative_path(blob.digest),
                                      "created_at": utcnow()})
+
+
+def collect_garbage(session: Session, *, home: Any = None, apply: bool = False, min_age_seconds: float = 3600.0,
+                    actor: str | None = None) -> tuple[list[blobs.Orphan], int]:
+    """Files in the blob store that no `blobs` row names (and stale temp files), older than
+    `min_age_seconds`; with `apply`, delete them and record one audit event. Returns (orphans, bytes freed).
+
+    Every registered blob is kept, whatever the status of the versions that use it: a rejected
+    candidate's weights are part of the record.
+    """
+    if min_age_seconds < 0:
+        raise InvalidInput("must be ≥ 0", field="min_age_seconds")
+    known = set(session.scalars(select(BlobRow.digest)))
+    orphans = blobs.find_orphans(known, home, min_age_seconds=min_age_seconds)
+    if not apply or not orphans:
+        return orphans, 0
+    freed = blobs.remove_orphans(orphans, home)
+    audit.record(session, "blobs.gc", "blob_store", "blobs", new={
+        "removed": len(orphans), "bytes": freed, "paths": [o.path for o in orphans[:100]],
+    }, reason=f"unregistered files older than {min_age_seconds:g} s", actor=actor)
+    return orphans, freed
 
 
 def get_or_create_dataset(session: Session, name: str, role: DatasetRole | str, digest: str, size: int,

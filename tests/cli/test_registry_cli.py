@@ -147,3 +147,23 @@ def test_real_subprocess_verify_names_the_tampered_event(registry):
         c.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "seq 2" in bad.stderr
+
+
+def test_gc_lists_then_deletes_unregistered_blobs(registry):
+    import os
+    import time
+
+    from registry import blobs
+
+    assert _json("gc")["orphans"] == []
+    orphan = blobs.put_bytes(b"weights of a registration that failed")
+    old = time.time() - 3 * 3600
+    os.utime(orphan.path, (old, old))
+    listed = _json("gc")
+    assert [o["path"] for o in listed["orphans"]] == [blobs.relative_path(orphan.digest)]
+    assert "decide gc --apply" in _run("gc").output and os.path.exists(orphan.path)
+    done = _json("gc", "--apply")
+    assert done["applied"] and done["bytes_freed"] == orphan.size and not os.path.exists(orphan.path)
+    assert _json("audit", "verify")["ok"]
+    for v in registry:  # registered blobs untouched, and still verify
+        assert blobs.get_bytes(v["weights_digest"])
