@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.output import console, emit, err_console, fmt_float
-from decision.scheduler import PassOutcome, Scheduler, cron_trigger, job_summary, next_window_index
+from decision.jobs import next_window_index
+from decision.scheduler import PassOutcome, Scheduler, cron_trigger, job_summary
 from registry import repo
 from registry.session import session_scope
 from registry.settings import get_settings

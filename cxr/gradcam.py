@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,24 +136,24 @@ def _hooked(model: CXRDenseNet, target: torch.nn.Module, x: torch.Tensor, j: int
     return kept[-1], logits
 
 
-def save_overlay(image: np.ndarray, heat: np.ndarray, path: str | Path, *, title: str = "") -> Path:
-    """The film in grey with the map in colour on top, as a PNG (matplotlib, no display needed)."""
-    import matplotlib
+def draw_overlay(ax: Any, image: np.ndarray, heat: np.ndarray, *, title: str = "", alpha: float = 0.4) -> None:
+    """On a matplotlib axis: the film in grey, the map in colour on top, no ticks."""
+    ax.imshow(np.asarray(image).squeeze(), cmap="gray")
+    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def save_overlay(image: np.ndarray, heat: np.ndarray, path: str | Path, *, title: str = "") -> Path:
+    """`draw_overlay` as a PNG file (a bare matplotlib Figure: no pyplot state, no display)."""
+    from matplotlib.figure import Figure
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    try:
-        ax.imshow(np.asarray(image).squeeze(), cmap="gray")
-        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        ax.set_axis_off()
-        if title:
-            ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    draw_overlay(fig.subplots(), image, heat, title=title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
     return path

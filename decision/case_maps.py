@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cxr.features import sigmoid
-from cxr.gradcam import grad_cam
+from cxr.gradcam import draw_overlay, grad_cam
 from decision.catalog import Catalog
 from registry import repo
 from registry.entities import DatasetRole, ReportEntity, VersionEntity
@@ -70,14 +70,10 @@ def case_grid(cat: Catalog, url: str | None, report: ReportEntity, versions: lis
     for i in range(n):
         for j, v in enumerate(versions):
             ax = axes[i][j]
-            ax.imshow(films[i].squeeze(), cmap="gray")
-            ax.imshow(maps[j].maps[i], cmap="jet", alpha=0.35, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
             c = cells[j * n + i]
             call = ("" if c["positive"] is None else
                     f" {'≥' if c['positive'] else '<'} t={c['threshold']:.2f}")
-            ax.set_title(f"{v.ref}: p={c['probability']:.2f}{call}", fontsize=8)
+            draw_overlay(ax, films[i], maps[j].maps[i], title=f"{v.ref}: p={c['probability']:.2f}{call}", alpha=0.35)
             if j == 0:
                 ax.set_ylabel(ids[i], fontsize=6)
     fig.suptitle(f"{report.pathology} at {report.site}: Grad-CAM ({maps[0].layer}) of report {report.id}'s "

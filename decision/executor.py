@@ -24,6 +24,7 @@ import os
 from typing import Any, Protocol
 
 from cxr.errors import InvalidInput
+from registry.settings import get_settings
 from treatments.base import Treatment, TreatmentContext, TreatmentResult
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,12 @@ class RayExecutor:
 
 
 def make_executor(kind: str | None = None) -> Executor:
-    """The executor `DECIDE_EXECUTOR` names (`local` or `ray`); `InvalidInput` otherwise."""
-    kind = (kind or os.environ.get("DECIDE_EXECUTOR") or "local").strip().lower()
+    """The executor `kind` names, by default the settings' (`DECIDE_EXECUTOR`: `local` or `ray`)."""
+    settings = get_settings()
+    kind = (kind or settings.executor).strip().lower()
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
-        return RayExecutor(num_cpus=float(os.environ.get("DECIDE_RAY_NUM_CPUS", "1")))
+        return RayExecutor(num_cpus=settings.ray_num_cpus)
     raise InvalidInput(f"unknown executor {kind!r} (expected one of {', '.join(EXECUTORS)})",
                        field="DECIDE_EXECUTOR")

@@ -22,7 +22,7 @@ from decision.engine import Engine, PassSummary
 from decision.monitor import SiteMetrics, assess
 from decision.reports import ingest, parse_report
 from registry import repo
-from registry.entities import PRODUCTION, DatasetEntity, IngestResult, ReportStatus
+from registry.entities import PRODUCTION, DatasetEntity, DatasetRole, IngestResult, ReportStatus
 from registry.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,24 @@ class Window:
     end: datetime
 
 
+def _week_prefix(site: str) -> str:
+    return f"feedback-{site}-week"  # + the 1-based week: the name a replayed phantom week is registered under
+
+
+def next_window_index(source: str, site: str, url: str | None = None) -> int:
+    """The feedback window a manual pass reads by default: the one after the latest recorded for `site`.
+
+    Only `phantom:` sources replay numbered weeks; a folder or NIH source is one window (0).
+    """
+    if not source.startswith("phantom"):
+        return 0
+    prefix = _week_prefix(site)
+    with session_scope(url, read_only=True) as s:
+        weeks = [int(d.name[len(prefix):]) for d in repo.list_datasets(s, role=DatasetRole.feedback, site=site)
+                 if d.name.startswith(prefix) and d.name[len(prefix):].isdigit()]
+    return max(weeks, default=0)
+
+
 def feedback_source(source: str, site: str, index: int, per_window: int, resolution: int, seed: int = 0
                     ) -> tuple[dict[str, Any], Window]:
     """The recorded-source dict and time window of feedback window `index` of `source`."""
@@ -48,7 +66,7 @@ def feedback_source(source: str, site: str, index: int, per_window: int, resolut
         start = PHANTOM_EPOCH + timedelta(days=7 * index)
         src = {"kind": "phantom", "site": site, "split": "feedback", "n": per_window * (index + 1),
                "rows": [per_window * index, per_window * (index + 1)], "resolution": resolution, "seed": seed,
-               "missing_sign_rate": 0.10, "name": f"feedback-{site}-week{index + 1}"}
+               "missing_sign_rate": 0.10, "name": f"{_week_prefix(site)}{index + 1}"}
         return src, Window(index, start, start + timedelta(days=7))
     if kind in ("folder", "nih"):
         folder, _, csv = rest.partition(":")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import signal
 import socket
 import threading
@@ -50,10 +49,11 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
+from decision.treat import Heartbeat
 from registry import repo
-from registry.entities import DatasetRole
 from registry.entities_jobs import PassStatus, ScheduleEntity
 from registry.session import session_scope
 from registry.settings import get_settings
@@ -137,20 +137,6 @@ def job_summary(result: Any) -> dict[str, Any]:
     }
 
 
-def next_window_index(source: str, site: str, url: str | None = None) -> int:
-    """The feedback window a manual pass reads by default: the one after the latest recorded for `site`.
-
-    Only `phantom:` sources replay numbered weeks; a folder or NIH source is one window (0).
-    """
-    if not source.startswith("phantom"):
-        return 0
-    pattern = re.compile(rf"^feedback-{re.escape(site)}-week(\d+)$")
-    with session_scope(url, read_only=True) as s:
-        weeks = [int(m.group(1)) for d in repo.list_datasets(s, role=DatasetRole.feedback, site=site)
-                 if (m := pattern.match(d.name))]
-    return max(weeks, default=0)
-
-
 @dataclass(frozen=True)
 class PassOutcome:
     """What one fire came to: `ran` (with the pass's final status) or skipped, and why."""
@@ -161,34 +147,6 @@ class PassOutcome:
     status: PassStatus | None = None
     pass_id: int | None = None
     reason: str = ""
-
-
-class _Keeper:
-    """Renews the schedule's lease and the pass's heartbeat from a thread while a pass runs."""
-
-    def __init__(self, url: str | None, lease: str, holder: str, pass_id: int, ttl: float) -> None:
-        self.url, self.lease, self.holder, self.pass_id, self.ttl = url, lease, holder, pass_id, ttl
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._beat, name=f"keeper-{lease}", daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                with session_scope(self.url) as s:
-                    if not repo.renew_lease(s, self.lease, self.holder, self.ttl):
-                        log.warning("lease %s was lost (expired and taken); pass %s goes on: its fire time and "
-                                    "the report claims still keep the work single", self.lease, self.pass_id)
-                    repo.heartbeat_pass(s, self.pass_id)
-            except Exception as exc:  # a missed beat only risks an early "abandoned"
-                log.warning("renewing %s failed: %s", self.lease, exc)
-
-    def __enter__(self) -> _Keeper:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(timeout=10)
 
 
 class _Fire:
@@ -308,7 +266,8 @@ class Scheduler:
              lease: str) -> PassOutcome:
         status, summary, error = PassStatus.failed, {}, ""
         try:
-            with _Keeper(self.url, lease, self.holder, pass_id, self.stale_seconds):
+            with Heartbeat(self.url, lambda s: self._keep(s, lease, pass_id), every=self.stale_seconds / 3,
+                           what=f"keeping {lease}"):
                 self._in_pass = True
                 try:
                     summary = self.pass_fn(schedule, index) or {}
@@ -324,6 +283,13 @@ class Scheduler:
             raise
         self._finish(pass_id, status, summary, error)
         return self._note(PassOutcome(schedule.id, fire_time, True, status, pass_id, error))
+
+    def _keep(self, s: Session, lease: str, pass_id: int) -> None:
+        """While a pass runs: renew the schedule's lease and the pass's heartbeat."""
+        if not repo.renew_lease(s, lease, self.holder, self.stale_seconds):
+            log.warning("lease %s was lost (expired and taken); pass %s goes on: its fire time and the report "
+                        "claims still keep the work single", lease, pass_id)
+        repo.heartbeat_pass(s, pass_id)
 
     def _finish(self, pass_id: int, status: PassStatus, summary: dict[str, Any], error: str) -> None:
         try:

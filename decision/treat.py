@@ -20,12 +20,14 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy.orm import Session
 
 from cxr.weights import Weights, to_bytes
 from decision.catalog import Catalog, head_of
@@ -97,19 +99,22 @@ def data_plan(session, parent: VersionEntity, site: str) -> DataPlan:
 
 
 class Heartbeat:
-    """Renews a run's heartbeat from a thread while a long treatment works."""
+    """Calls `beat(session)` in its own transaction every `every` seconds from a thread, while a
+    long piece of work runs: a treatment run's heartbeat, a scheduled pass's lease and heartbeat."""
 
-    def __init__(self, url: str | None, run_id: int) -> None:
-        self.url, self.run_id, self._stop = url, run_id, threading.Event()
-        self._t = threading.Thread(target=self._beat, daemon=True)
+    def __init__(self, url: str | None, beat: Callable[[Session], None], *, every: float = HEARTBEAT_SECONDS,
+                 what: str = "heartbeat") -> None:
+        self.url, self.beat, self.every, self.what = url, beat, every, what
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name=what, daemon=True)
 
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
             try:
                 with session_scope(self.url) as s:
-                    repo.heartbeat_run(s, self.run_id)
+                    self.beat(s)
             except Exception as exc:  # a missed beat only risks an early "abandoned"
-                log.warning("heartbeat of run %s failed: %s", self.run_id, exc)
+                log.warning("%s failed: %s", self.what, exc)
 
     def __enter__(self) -> Heartbeat:
         self._t.start()
@@ -117,7 +122,7 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._t.join(timeout=5)
+        self._t.join(timeout=10)
 
 
 def candidate_weights(parent: Weights, result: TreatmentResult) -> tuple[Weights, bytes | None]:
@@ -198,7 +203,7 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
             image_data=None if plugin.head_only else _image_data(cat, plan),
         )
         t0 = time.perf_counter()
-        with Heartbeat(url, run.id):
+        with Heartbeat(url, lambda s: repo.heartbeat_run(s, run.id), what=f"heartbeat of run {run.id}"):
             result = (executor or LocalExecutor()).run(plugin, ctx)
         wall = time.perf_counter() - t0
         cand_w, data = candidate_weights(parent_w, result)

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     policy: Path | None = None  # DECIDE_POLICY: a policy TOML replacing the bundled default
     # DECIDE_EXECUTOR: where heavy (image-reading) treatments run: here, or as Ray tasks (RAY_ADDRESS)
     executor: Literal["local", "ray"] = "local"
+    ray_num_cpus: float = Field(default=1.0, gt=0)  # DECIDE_RAY_NUM_CPUS: CPUs each Ray treatment task takes
     # DECIDE_STALE_SECONDS: a run, a scheduled pass or a scheduler lease without a heartbeat for this
     # long belongs to a process that died; the next pass marks it abandoned and proceeds.
     stale_seconds: float = Field(default=90.0, gt=0)

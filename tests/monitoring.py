@@ -22,6 +22,7 @@ import pytest
 from registry import audit, repo
 from registry.entities import RunOutcome
 from registry.session import session_scope
+from tests.toy_plugins import install_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 DECIDE = Path(sys.executable).parent / "decide"
@@ -52,14 +53,8 @@ TOY = f"""
 
 
 def install_toy(where: Path) -> Path:
-    """A distribution the way pip lays it out: the module plus a .dist-info with its entry point."""
-    where.mkdir(parents=True, exist_ok=True)
-    (where / "slow_toy_plugin.py").write_text(textwrap.dedent(TOY))
-    info = where / "slow_toy_plugin-0.1.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow_toy_plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[cxr_decide.treatments]\n{TOY_NAME} = slow_toy_plugin:Toy\n")
-    return where
+    """The toy, installed as a third party's distribution would be (see tests/toy_plugins.py)."""
+    return install_plugin(where, TOY, "slow_toy_plugin", TOY_NAME)
 
 
 def write_policy(path: Path, *, strict_slos: bool) -> Path:

@@ -1,20 +1,13 @@
 """Plugins come through one door: entry points, checked against the protocol, then planned."""
 
-import textwrap
-
 from decision.planner import ReportView, TreatmentInfo, plan
 from policies import load_policy, parse_policy
+from tests.toy_plugins import install_plugin
 from treatments.plugins import check_treatment, load_treatments
 
 
 def _install_toy(tmp_path, monkeypatch, body: str, module: str, name: str = "toy"):
-    """Install a distribution the way pip would: a module plus a .dist-info with entry_points.txt."""
-    (tmp_path / f"{module}.py").write_text(textwrap.dedent(body))
-    info = tmp_path / f"{module}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[cxr_decide.treatments]\n{name} = {module}:Toy\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(install_plugin(tmp_path, body, module, name)))
 
 
 TOY = """
