@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.errors import IntegrityFailure, InvalidInput, NotFound
+from cxr.faults import failpoint
 from cxr.files import atomic_write
 from registry.entities import BlobRef
 from registry.repo_common import settings
@@ -61,6 +62,7 @@ def put_bytes(data: bytes, home: Path | None = None) -> BlobRef:
     digest = sha256_bytes(data)
     path = blob_path(digest, home)
     if not (path.is_file() and path.stat().st_size == len(data) and sha256_bytes(path.read_bytes()) == digest):
+        failpoint("blob_write")
         atomic_write(path, data)
     return BlobRef(digest=digest, size=len(data), path=str(path))
 

@@ -53,6 +53,8 @@ class RunOutcome(StrEnum):
     rejected = "rejected"
     failed = "failed"
     abandoned = "abandoned"
+    #: passed the gate with a flag a person must accept (e.g. an underpowered check); awaiting approval
+    held = "held"
 
 
 class DatasetRole(StrEnum):
@@ -136,10 +138,24 @@ class VersionEntity:
     notes: str
     aliases: list[str] = field(default_factory=list)
     dataset_ids: list[int] = field(default_factory=list)
+    #: {site: {pathology: threshold}} overrides of `thresholds` for one site
+    site_thresholds: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    footprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
         return f"{self.model}:{self.version}"
+
+    def thresholds_for(self, site: str | None) -> dict[str, float | None]:
+        """The operating points in force at `site`: the defaults with that site's overrides on top."""
+        if not site:
+            return dict(self.thresholds)
+        return {**self.thresholds, **self.site_thresholds.get(site, {})}
+
+
+def alias_label(alias: str, site: str = "") -> str:
+    """How an alias is written: `production` (every site) or `production@site-b` (one site's own)."""
+    return f"{alias}@{site}" if site else alias
 
 
 @dataclass(frozen=True)
@@ -150,6 +166,11 @@ class AliasEntity:
     version: int
     updated_by: str
     updated_at: datetime
+    site: str = ""  # '' = every site
+
+    @property
+    def label(self) -> str:
+        return alias_label(self.alias, self.site)
 
 
 @dataclass(frozen=True)
@@ -162,6 +183,7 @@ class AliasMove:
     actor: str
     at: datetime
     reason: str
+    site: str = ""
 
 
 @dataclass(frozen=True)
@@ -269,6 +291,7 @@ class DecisionEntity:
     updated_at: datetime
     candidates: list[CandidateEntity]
     approvals: list[ApprovalEntity]
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
                                     "created_at")}
         for e in session.scalars(select(EvaluationRow).order_by(EvaluationRow.id))
     ]
-    verified = audit.verify_chain(session)
+    verified = audit.verify_all(session)
     return audit.jsonable({
         "format": FORMAT,
         "exported_at": datetime.now(UTC),

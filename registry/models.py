@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -161,6 +162,8 @@ class DecisionRow(Base):
     policy_digest: Mapped[str] = mapped_column(String(DIGEST))
     chosen: Mapped[str | None] = mapped_column(String(128))
     rationale: Mapped[str] = mapped_column(Text, default="")
+    #: what the planner read besides the report: shift diagnosis, power notes, channel hints (0003_sites)
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[DecisionStatus] = mapped_column(_enum(DecisionStatus, "decision_status"), index=True)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -193,6 +196,10 @@ class VersionRow(Base):
     tensors_digest: Mapped[str] = mapped_column(String(DIGEST))
     tensor_digests: Mapped[dict[str, Any]] = mapped_column(default=dict)
     thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: {site: {pathology: threshold}}: a site's overrides of `thresholds` (0003_sites)
+    site_thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: parameters, bytes, dtype, runtime, latency (+ the CPU flags it was measured on) (0003_sites)
+    footprint: Mapped[dict[str, Any]] = mapped_column(default=dict)
     pathologies: Mapped[list[Any]] = mapped_column(default=list)
     parameter_count: Mapped[int] = mapped_column(Integer)
     trainable_parameters: Mapped[int | None] = mapped_column(Integer)
@@ -222,12 +229,15 @@ class VersionDatasetRow(Base):
 
 
 class AliasRow(Base):
+    """`site` '' is the alias for every site; a site name makes that site's own alias, which wins there."""
+
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("model_id", "name"),)
+    __table_args__ = (UniqueConstraint("model_id", "name", "site"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     name: Mapped[str] = mapped_column(String(64))
+    site: Mapped[str] = mapped_column(String(64), default="")
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     updated_by: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -239,11 +249,34 @@ class AliasHistoryRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
     alias: Mapped[str] = mapped_column(String(64))
+    site: Mapped[str] = mapped_column(String(64), default="")
     from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     to_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     actor: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(default=utcnow)
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class PromotionGrantRow(Base):
+    """Why a version may serve `production` at a site ('' = every site): a `gate` verdict (an accepted run that
+    made it), a `rollback` or an `override` with a reason. Append-only; database triggers refuse a
+    `production` alias without one (migration 0004_promotion_rule)."""
+
+    __tablename__ = "promotion_grants"
+    __table_args__ = (
+        CheckConstraint("kind IN ('gate', 'rollback', 'override') AND (kind <> 'gate' OR run_id IS NOT NULL) "
+                        "AND (kind = 'gate' OR length(trim(reason)) > 0)", name="kind_reason"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    site: Mapped[str] = mapped_column(String(64), default="")
+    kind: Mapped[str] = mapped_column(String(24))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_runs.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class EvaluationRow(Base):

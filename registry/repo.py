@@ -14,6 +14,7 @@ from registry.audit import list_events, verify_chain
 from registry.repo_common import code_version
 from registry.repo_datasets import get_dataset, list_datasets
 from registry.repo_decisions import (
+    add_decision_evidence,
     approve_decision,
     create_decision,
     finish_run,
@@ -25,7 +26,10 @@ from registry.repo_decisions import (
     reject_decision,
     run_history,
     run_kinds,
+    running_runs,
     set_decision_status,
+    settle_held_run,
+    stalled_decisions,
     start_run,
 )
 from registry.repo_jobs import (
@@ -48,6 +52,7 @@ from registry.repo_lineage import alias_moves, diff_versions, history, lineage, 
 from registry.repo_reports import (
     claim_reports,
     get_report,
+    holds_claim,
     ingest_reports,
     list_reports,
     release_expired_claims,
@@ -58,6 +63,7 @@ from registry.repo_versions import (
     canonical_spec,
     collect_garbage,
     derive_version,
+    drop_site_alias,
     find_version_id,
     get_or_create_dataset,
     get_or_create_model,
@@ -72,10 +78,12 @@ from registry.repo_versions import (
     rollback,
     set_alias,
     set_version_status,
+    sites_with_own_alias,
 )
 
 __all__ = [
     "acquire_lease",
+    "add_decision_evidence",
     "add_evaluations",
     "alias_moves",
     "approve_decision",
@@ -87,6 +95,7 @@ __all__ = [
     "delete_schedule",
     "derive_version",
     "diff_versions",
+    "drop_site_alias",
     "find_version_id",
     "finish_pass",
     "finish_run",
@@ -103,6 +112,7 @@ __all__ = [
     "heartbeat_pass",
     "heartbeat_run",
     "history",
+    "holds_claim",
     "ingest_reports",
     "lineage",
     "list_aliases",
@@ -128,10 +138,14 @@ __all__ = [
     "rollback",
     "run_history",
     "run_kinds",
+    "running_runs",
     "set_alias",
     "set_decision_status",
     "set_report_status",
     "set_version_status",
+    "settle_held_run",
+    "sites_with_own_alias",
+    "stalled_decisions",
     "start_pass",
     "start_run",
     "upsert_schedule",

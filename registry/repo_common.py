@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import subprocess
+import unicodedata
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,23 @@ def settings() -> Settings:
 _SETTINGS: dict[tuple, Settings] = {}
 
 
+#: the width of every `created_by` / `actor` column
+MAX_ACTOR = 128
+
+
 def actor_of(actor: str | None) -> str:
-    """The acting user: the argument, else DECIDE_ACTOR, else the OS user."""
-    return actor or settings().resolved_actor
+    """The acting user: the argument, else DECIDE_ACTOR, else the OS user (recorded with every write).
+
+    Raises `InvalidInput` for a name that is longer than its column or holds control, bidi or other
+    invisible characters: it is shown to auditors in terminals and reports.
+    """
+    who = actor or settings().resolved_actor
+    bad = next((c for c in who if unicodedata.category(c)[0] in "CZ" and c != " "), None)
+    if not who.strip() or len(who) > MAX_ACTOR or bad is not None:
+        why = (f"holds U+{ord(bad):04X}, which is not printable" if bad is not None
+               else f"must be 1 to {MAX_ACTOR} characters")
+        raise InvalidInput(f"the actor name {why}", field="DECIDE_ACTOR" if actor is None else "actor")
+    return who
 
 
 @functools.cache

@@ -8,11 +8,12 @@ time, trainable parameters and outcome.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
@@ -22,6 +23,9 @@ from registry.models import ApprovalRow, CandidateRow, DecisionReportRow, Decisi
 from registry.repo_common import actor_of, finite_or_none
 from registry.repo_versions import _version_row
 
+log = logging.getLogger(__name__)
+#: a timestamp further than this ahead of the checking clock is not believed (see `mark_abandoned_runs`)
+MAX_CLOCK_SKEW = timedelta(seconds=5)
 _CANDIDATE_FLOATS = ("prior_cost", "empirical_cost", "expected_cost", "p_success", "alpha", "beta", "score")
 _TERMINAL = {DecisionStatus.succeeded, DecisionStatus.exhausted, DecisionStatus.rejected, DecisionStatus.cancelled}
 
@@ -37,12 +41,13 @@ def _decision_row(session: Session, decision_id: int, *, lock: bool = False) -> 
 def create_decision(session: Session, report_ids: Sequence[int], policy_digest: str,
                     candidates: Sequence[Mapping[str, Any]], chosen: str | None, rationale: str,
                     status: DecisionStatus | str = DecisionStatus.planned, *,
-                    actor: str | None = None) -> DecisionEntity:
+                    evidence: Mapping[str, Any] | None = None, actor: str | None = None) -> DecisionEntity:
     """Record a decision on reports: the policy digest, every candidate (in rank order) and the choice.
 
     A candidate dict has treatment, applicable, reason, prior_cost, empirical_cost,
     expected_cost, p_success, alpha, beta, score, needs_approval (numbers may be None);
-    `rank` defaults to its position.
+    `rank` defaults to its position. `evidence` is what the planner read besides the report (e.g. a
+    shift diagnosis), JSON.
     """
     who = actor_of(actor)
     status = DecisionStatus(status)
@@ -55,7 +60,7 @@ def create_decision(session: Session, report_ids: Sequence[int], policy_digest: 
         raise InvalidInput(f"{chosen!r} is not among the candidates", field="chosen")
     now = utcnow()
     row = DecisionRow(policy_digest=policy_digest, chosen=chosen, rationale=rationale, status=status,
-                      created_by=who, created_at=now, updated_at=now)
+                      evidence=audit.jsonable(dict(evidence or {})), created_by=who, created_at=now, updated_at=now)
     session.add(row)
     session.flush()
     if ids:
@@ -74,6 +79,7 @@ def create_decision(session: Session, report_ids: Sequence[int], policy_digest: 
         session.execute(insert(CandidateRow.__table__), rows)
     audit.record(session, "decision.create", "decision", row.id, new={
         "report_ids": ids, "policy_digest": policy_digest, "chosen": chosen, "status": status,
+        **({"evidence": row.evidence} if row.evidence else {}),
         "candidates": [{"rank": r["rank"], "treatment": r["treatment"], "expected_cost": r["expected_cost"],
                         "p_success": r["p_success"], "applicable": r["applicable"]} for r in rows],
     }, reason=rationale, actor=who)
@@ -82,8 +88,9 @@ def create_decision(session: Session, report_ids: Sequence[int], policy_digest: 
     return get_decision(session, row.id)
 
 
-def get_decision(session: Session, decision_id: int) -> DecisionEntity:
-    return _decision_row(session, decision_id).to_entity()
+def get_decision(session: Session, decision_id: int, *, lock: bool = False) -> DecisionEntity:
+    """The decision; `lock` holds its row until the transaction ends (a status read, then acted on)."""
+    return _decision_row(session, decision_id, lock=lock).to_entity()
 
 
 def list_decisions(session: Session, *, status: DecisionStatus | str | None = None) -> list[DecisionEntity]:
@@ -110,26 +117,62 @@ def set_decision_status(session: Session, decision_id: int, status: DecisionStat
     return row.to_entity()
 
 
-def _verdict(session: Session, decision_id: int, verdict: Verdict, actor: str | None, reason: str) -> DecisionEntity:
+def add_decision_evidence(session: Session, decision_id: int, key: str, value: Any, *, reason: str = "",
+                          actor: str | None = None) -> DecisionEntity:
+    """Record one more piece of evidence on a decision (e.g. the shift diagnosis made before a backbone
+    treatment); an existing key is replaced. Audited with the value."""
+    row = _decision_row(session, decision_id, lock=True)
+    value = audit.jsonable(value)
+    old = (row.evidence or {}).get(key)
+    row.evidence = {**(row.evidence or {}), key: value}
+    row.updated_at = utcnow()
+    audit.record(session, "decision.evidence", "decision", decision_id, old={key: old} if old is not None else None,
+                 new={key: value}, reason=reason, actor=actor)
+    session.flush()
+    return row.to_entity()
+
+
+class ApprovalRefused(InvalidInput):
+    """Four-eyes: the actor who created a decision may not approve it. The refusal is an audit event, so
+    `session_scope` commits the transaction (`commit_before_raise`) before this error propagates."""
+
+    commit_before_raise = True
+
+
+def _verdict(session: Session, decision_id: int, verdict: Verdict, actor: str | None, reason: str, *,
+             four_eyes: bool = True) -> DecisionEntity:
     who = actor_of(actor)
     row = _decision_row(session, decision_id, lock=True)
     if DecisionStatus(row.status) is not DecisionStatus.awaiting_approval:
         raise InvalidInput(f"decision {decision_id} is {DecisionStatus(row.status).value}, not awaiting approval",
                            field="decision")
+    own = verdict is Verdict.approved and who == row.created_by
+    if own and four_eyes:
+        audit.record(session, "decision.approval_refused", "decision", decision_id,
+                     old={"status": DecisionStatus.awaiting_approval}, new={"status": DecisionStatus.awaiting_approval,
+                     "rule": "four_eyes", "created_by": row.created_by}, reason=reason, actor=who)
+        raise ApprovalRefused(f"{who!r} created decision {decision_id} and may not approve it (four-eyes rule): "
+                              "another person must, or set approvals.four_eyes = false in the policy", field="actor")
     session.add(ApprovalRow(decision_id=decision_id, verdict=verdict, actor=who, reason=reason, at=utcnow()))
     new_status = DecisionStatus.planned if verdict is Verdict.approved else DecisionStatus.rejected
     row.status, row.updated_at = new_status, utcnow()
     audit.record(session, f"decision.{verdict.value}", "decision", decision_id,
-                 old={"status": DecisionStatus.awaiting_approval}, new={"status": new_status, "verdict": verdict},
-                 reason=reason, actor=who)
+                 old={"status": DecisionStatus.awaiting_approval}, new={"status": new_status, "verdict": verdict,
+                 **({"four_eyes": "waived by policy"} if own else {})}, reason=reason, actor=who)
     session.flush()
     session.expire(row)
     return get_decision(session, decision_id)
 
 
-def approve_decision(session: Session, decision_id: int, actor: str | None = None, reason: str = "") -> DecisionEntity:
-    """A human approves a decision awaiting approval: it goes back to `planned`, ready to run."""
-    return _verdict(session, decision_id, Verdict.approved, actor, reason)
+def approve_decision(session: Session, decision_id: int, actor: str | None = None, reason: str = "", *,
+                     four_eyes: bool = True) -> DecisionEntity:
+    """A human approves a decision awaiting approval: it goes back to `planned`, ready to run.
+
+    `four_eyes` (the policy's `approvals.four_eyes`): the actor who created the decision may not
+    approve it — `ApprovalRefused` (exit 2), recorded as a `decision.approval_refused` audit event.
+    With `four_eyes=False` a self-approval is allowed and its audit event says the rule was waived.
+    """
+    return _verdict(session, decision_id, Verdict.approved, actor, reason, four_eyes=four_eyes)
 
 
 def reject_decision(session: Session, decision_id: int, actor: str | None = None, reason: str = "") -> DecisionEntity:
@@ -138,6 +181,12 @@ def reject_decision(session: Session, decision_id: int, actor: str | None = None
 
 
 # -- runs -----------------------------------------------------------------------
+class RunFinished(InvalidInput):
+    """The run is no longer `running`: finished, or taken over (`abandoned`) by another pass that saw no
+    heartbeat. A late writer — the process that was running it — is refused, and must leave the decision
+    and its reports to whoever took them over."""
+
+
 def _run_row(session: Session, run_id: int) -> RunRow:
     row = session.scalars(select(RunRow).where(RunRow.id == run_id).with_for_update()).one_or_none()
     if row is None:
@@ -147,10 +196,14 @@ def _run_row(session: Session, run_id: int) -> RunRow:
 
 def start_run(session: Session, decision_id: int | None, treatment: str, parameters: Mapping[str, Any],
               input_version_id: int, *, actor: str | None = None) -> RunEntity:
-    """Record that a treatment started on a version (outcome `running`)."""
+    """Record that a treatment started on a version (outcome `running`). A decision already final (e.g.
+    taken over while its process stood still between two steps) gets no new run: `InvalidInput`."""
     who = actor_of(actor)
     if decision_id is not None:
-        _decision_row(session, decision_id)
+        decision = _decision_row(session, decision_id, lock=True)
+        if DecisionStatus(decision.status) in _TERMINAL:
+            raise InvalidInput(f"decision {decision_id} is {DecisionStatus(decision.status).value} (final): "
+                               "no treatment may start on it", field="decision")
     _version_row(session, input_version_id)
     now = utcnow()
     row = RunRow(decision_id=decision_id, treatment=treatment, parameters=audit.jsonable(dict(parameters)),
@@ -166,9 +219,11 @@ def start_run(session: Session, decision_id: int | None, treatment: str, paramet
 
 
 def heartbeat_run(session: Session, run_id: int) -> None:
-    """A running treatment says it is alive (not audited: no state change)."""
+    """A running treatment says it is alive (not audited: no state change). A run no longer `running`
+    (taken over) keeps the heartbeat it had when it was finished."""
     row = _run_row(session, run_id)
-    row.heartbeat_at = utcnow()
+    if RunOutcome(row.outcome) is RunOutcome.running:
+        row.heartbeat_at = utcnow()
 
 
 def finish_run(session: Session, run_id: int, outcome: RunOutcome | str, output_version_id: int | None = None,
@@ -181,7 +236,7 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome | str, output_
         raise InvalidInput("a finished run needs a final outcome", field="outcome")
     row = _run_row(session, run_id)
     if RunOutcome(row.outcome) is not RunOutcome.running:
-        raise InvalidInput(f"run {run_id} already finished ({RunOutcome(row.outcome).value})", field="run")
+        raise RunFinished(f"run {run_id} already finished ({RunOutcome(row.outcome).value})", field="run")
     if output_version_id is not None:
         _version_row(session, output_version_id)
     now = utcnow()
@@ -197,10 +252,37 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome | str, output_
     return row.to_entity()
 
 
+def settle_held_run(session: Session, run_id: int, outcome: RunOutcome | str, *, reason: str,
+                    actor: str | None = None) -> RunEntity:
+    """A run `held` for a person (its candidate passed the gate with a flag) becomes `accepted` or
+    `rejected` once someone decided; the verdict's reason is audited. Any other run is refused."""
+    outcome = RunOutcome(outcome)
+    if outcome not in (RunOutcome.accepted, RunOutcome.rejected):
+        raise InvalidInput("a held run is settled as accepted or rejected", field="outcome")
+    row = _run_row(session, run_id)
+    if RunOutcome(row.outcome) is not RunOutcome.held:
+        raise InvalidInput(f"run {run_id} is {RunOutcome(row.outcome).value}, not held", field="run")
+    row.outcome = outcome
+    audit.record(session, "run.settle", "treatment_run", run_id, old={"outcome": RunOutcome.held},
+                 new={"outcome": outcome}, reason=reason, actor=actor)
+    session.flush()
+    return row.to_entity()
+
+
 def mark_abandoned_runs(session: Session, *, older_than: timedelta = timedelta(hours=1),
-                        now: datetime | None = None, actor: str | None = None) -> list[int]:
-    """Runs still `running` whose heartbeat is older than `older_than` become `abandoned`; audited."""
-    cutoff = (now or utcnow()) - older_than
+                        now: datetime | None = None, actor: str | None = None,
+                        max_skew: timedelta = MAX_CLOCK_SKEW) -> list[int]:
+    """Runs still `running` whose heartbeat is older than `older_than` become `abandoned`; audited.
+
+    Clocks. Age is measured on this clock (`now`), so a live worker whose clock runs ahead writes
+    heartbeats "in the future", which never look old: it is not taken over while it beats. But such a
+    heartbeat must not make a run immortal once its process is dead (it would look alive until the
+    future date). A heartbeat more than `max_skew` ahead of `now` is not believed: it is set back to
+    `now`, as if the run had beaten now, so the run is abandoned `older_than` from now unless it beats
+    again — which a live worker does within one heartbeat interval, far less than the stale time.
+    """
+    now = now or utcnow()
+    cutoff = now - older_than
     rows = list(session.scalars(select(RunRow).where(RunRow.outcome == RunOutcome.running,
                                                      RunRow.heartbeat_at < cutoff).with_for_update(skip_locked=True)))
     stamp = utcnow()
@@ -212,7 +294,58 @@ def mark_abandoned_runs(session: Session, *, older_than: timedelta = timedelta(h
         "old": {"outcome": "running"}, "new": {"outcome": "abandoned"}, "reason": r.error_text,
     } for r in rows], actor=actor)
     session.flush()
+    ahead = list(session.scalars(
+        update(RunRow).where(RunRow.outcome == RunOutcome.running, RunRow.heartbeat_at > now + max_skew)
+        .values(heartbeat_at=now).returning(RunRow.id).execution_options(synchronize_session=False)))
+    if ahead:
+        log.warning("runs %s had heartbeats more than %s s ahead of this clock (%s): set back to now",
+                    sorted(ahead), max_skew.total_seconds(), now.isoformat())
     return [r.id for r in rows]
+
+
+def stalled_decisions(session: Session, *, older_than: timedelta, now: datetime | None = None,
+                      max_skew: timedelta = MAX_CLOCK_SKEW) -> list[int]:
+    """Decisions a dead process left between two steps; their rows are locked for the caller to finish.
+
+    A decision is stalled when it is `running`, or `planned` without an approval (the engine moves a new
+    decision on at once), none of its runs is `running` (a running run has its own heartbeat, see
+    `mark_abandoned_runs`), and nothing about it was written — the decision, or its runs' last
+    heartbeats and finishes — for `older_than`. Between two steps a live engine writes within
+    milliseconds, so such a decision has lost its process: it was killed after a run's record committed
+    (a promotion included) and before the decision was finished, or before its first run started.
+    A timestamp more than `max_skew` in the future is not believed (as in `mark_abandoned_runs`): the
+    decision's own is set back to `now`, its runs' are ignored.
+    """
+    now = now or utcnow()
+    cutoff, ahead = now - older_than, now + max_skew
+    rows = list(session.scalars(
+        select(DecisionRow).where(DecisionRow.status.in_((DecisionStatus.planned, DecisionStatus.running)))
+        .order_by(DecisionRow.id).with_for_update(skip_locked=True)))
+    runs: dict[int, list[RunRow]] = {}
+    if rows:
+        for r in session.scalars(select(RunRow).where(RunRow.decision_id.in_([d.id for d in rows]))):
+            runs.setdefault(r.decision_id, []).append(r)
+    out = []
+    for d in rows:
+        mine = runs.get(d.id, [])
+        if (DecisionStatus(d.status) is DecisionStatus.planned and d.approvals) or any(
+                RunOutcome(r.outcome) is RunOutcome.running for r in mine):
+            continue
+        if d.updated_at > ahead:
+            log.warning("decision %d was last written at %s, ahead of this clock (%s): set back to now",
+                        d.id, d.updated_at.isoformat(), now.isoformat())
+            d.updated_at = now
+        stamps = [t for r in mine for t in (r.heartbeat_at, r.finished_at) if t is not None and t <= ahead]
+        if max([d.updated_at, *stamps]) < cutoff:
+            out.append(d.id)
+    session.flush()
+    return out
+
+
+def running_runs(session: Session) -> list[RunEntity]:
+    """Runs still `running` (their heartbeat says whether anyone is still at them), oldest first."""
+    q = select(RunRow).where(RunRow.outcome == RunOutcome.running).order_by(RunRow.id)
+    return [r.to_entity() for r in session.scalars(q)]
 
 
 def get_run(session: Session, run_id: int) -> RunEntity:

@@ -69,7 +69,8 @@ def alias_moves(session: Session, model: str | None = None) -> list[AliasMove]:
          .join(dst, dst.id == AliasHistoryRow.to_version_id).order_by(AliasHistoryRow.id))
     if model is not None:
         q = q.where(ModelRow.name == model)
-    return [AliasMove(h.id, name, h.alias, a, b, h.actor, h.at, h.reason) for h, name, a, b in session.execute(q)]
+    return [AliasMove(h.id, name, h.alias, a, b, h.actor, h.at, h.reason, h.site)
+            for h, name, a, b in session.execute(q)]
 
 
 def history(session: Session, model: str | None = None) -> History:
@@ -108,6 +109,13 @@ def diff_versions(session: Session, a_id: int, b_id: int) -> VersionDiff:
         for p in sorted(a.thresholds.keys() | b.thresholds.keys())
         if a.thresholds.get(p) != b.thresholds.get(p)
     }
+    # A site's operating point is its override, else the default: compare what is in force there.
+    sa_, sb_ = a.site_thresholds or {}, b.site_thresholds or {}
+    for site in sorted(sa_.keys() | sb_.keys()):
+        ta, tb = {**a.thresholds, **sa_.get(site, {})}, {**b.thresholds, **sb_.get(site, {})}
+        for p in sorted(sa_.get(site, {}).keys() | sb_.get(site, {}).keys()):
+            if ta.get(p) != tb.get(p):
+                thresholds[f"{p}@{site}"] = {"a": ta.get(p), "b": tb.get(p)}
     ds_a = set(session.scalars(select(EvaluationRow.dataset_id).where(EvaluationRow.version_id == a.id)))
     ds_b = set(session.scalars(select(EvaluationRow.dataset_id).where(EvaluationRow.version_id == b.id)))
     common = ds_a & ds_b

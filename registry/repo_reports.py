@@ -6,6 +6,13 @@ different rows instead of waiting) and then flips them with
 `UPDATE … WHERE status = 'open' RETURNING id`: only rows that were still open
 come back, so even without row locks (SQLite, where `BEGIN IMMEDIATE` already
 serializes writers) a report is claimed exactly once.
+
+Ingest is idempotent per key (version, site, pathology, kind, window) like a
+payment API's idempotency key: the same key with the same content returns the
+stored id; the same key with different content is refused, naming the stored
+report and the differing fields, so a sender never believes a changed report
+was stored. Integers are bounded before they reach the driver (SQLite raises
+OverflowError past 2⁶³, PostgreSQL's INTEGER past 2³¹).
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
-from cxr.errors import InvalidInput, NotFound
+from cxr.errors import InvalidInput, NotFound, TransientError
 from registry import audit
 from registry.entities import IngestResult, ReportEntity, ReportKind, ReportStatus
 from registry.models import ModelRow, ReportRow, VersionRow, utcnow
@@ -34,6 +41,10 @@ TRANSITIONS: dict[ReportStatus, set[ReportStatus]] = {
 }
 _CHUNK = 500
 _INGEST_LOCK = 0x52455054  # pg_advisory_xact_lock key: "REPT"
+#: PostgreSQL INTEGER (counts and version numbers are 32-bit columns)
+MAX_INT = 2**31 - 1
+#: what a report says, as opposed to its key and where it came from: the fields compared on re-ingest
+CONTENT = ("metric", "value", "target", "counts", "cases", "notes")
 
 
 def _key(vid: int, r: Mapping[str, Any]) -> tuple:
@@ -49,18 +60,56 @@ _KEY_COLS = (ReportRow.version_id, ReportRow.site, ReportRow.pathology, ReportRo
              ReportRow.window_end)
 
 
-def _existing(session: Session, keys: Sequence[tuple]) -> dict[tuple, int]:
-    """Ids of stored reports with these keys (narrowed by version, site and window start)."""
-    out: dict[tuple, int] = {}
+_CONTENT_COLS = (ReportRow.metric, ReportRow.value, ReportRow.target, ReportRow.tp, ReportRow.fp, ReportRow.tn,
+                 ReportRow.fn, ReportRow.cases, ReportRow.notes)
+
+
+def _existing(session: Session, keys: Sequence[tuple]) -> dict[tuple, Any]:
+    """Stored reports with these keys (id and content), narrowed by version, site and window start."""
+    out: dict[tuple, Any] = {}
+    wanted = set(keys)
     for i in range(0, len(keys), _CHUNK):
         chunk = keys[i:i + _CHUNK]
-        q = select(ReportRow.id, *_KEY_COLS).where(
+        q = select(ReportRow.id, *_KEY_COLS, *_CONTENT_COLS).where(
             ReportRow.version_id.in_({k[0] for k in chunk}), ReportRow.site.in_({k[1] for k in chunk}),
             ReportRow.window_start.in_({k[4] for k in chunk}),
         )
         for r in session.execute(q):
-            out[_row_key(r)] = r.id
+            if _row_key(r) in wanted:
+                out[_row_key(r)] = r
     return out
+
+
+def _content(r: Mapping[str, Any]) -> dict[str, Any]:
+    c = r["counts"]
+    return {"metric": r["metric"], "value": r["value"], "target": r["target"],
+            "counts": {k: c[k] for k in ("tp", "fp", "tn", "fn")}, "cases": audit.jsonable(list(r.get("cases") or [])),
+            "notes": r.get("notes") or ""}
+
+
+def _stored_content(row: Any) -> dict[str, Any]:
+    return {"metric": row.metric, "value": row.value, "target": row.target,
+            "counts": {"tp": row.tp, "fp": row.fp, "tn": row.tn, "fn": row.fn}, "cases": list(row.cases or []),
+            "notes": row.notes or ""}
+
+
+def _differing(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The content fields that differ (counts by count: `counts.fp`)."""
+    out = []
+    for f in CONTENT:
+        if f == "counts":
+            out += [f"counts.{k}" for k in ("tp", "fp", "tn", "fn") if a["counts"][k] != b["counts"][k]]
+        elif a[f] != b[f]:
+            out.append(f)
+    return out
+
+
+def _bounded(value: Any, field: str, lo: int) -> int:
+    """An integer in [lo, MAX_INT] (bools refused); huge ones never reach the driver."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= MAX_INT:
+        shown = value if isinstance(value, int) and abs(value) < 10**12 else f"{type(value).__name__} out of range"
+        raise InvalidInput(f"expected an integer in [{lo}, {MAX_INT}], got {shown}", field=field)
+    return value
 
 
 def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, lines: Sequence[int] | None = None,
@@ -70,10 +119,17 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
     Checks each report's version exists and names one of its pathologies; a
     failure raises `InvalidInput` naming the line (from `lines`) and field,
     before anything is written. Re-ingesting a report with the same key
-    (version, site, pathology, kind, window) returns the existing id.
+    (version, site, pathology, kind, window) and the same content (`CONTENT`)
+    returns the existing id; with different content it raises `InvalidInput`
+    naming the stored report and the differing fields (also for two lines of
+    one batch), and nothing is written.
     """
     who = actor_of(actor)
     where = [f"line {n}: " for n in lines] if lines is not None else [f"reports[{i}]: " for i in range(len(reports))]
+    for i, r in enumerate(reports):
+        _bounded(r["version"], f"{where[i]}version", 1)
+        for k in ("tp", "fp", "tn", "fn"):
+            _bounded(r["counts"][k], f"{where[i]}counts.{k}", 0)
     versions: dict[tuple[str, int], tuple[int, set[str]]] = {}
     for (model, number) in {(r["model"], r["version"]) for r in reports}:
         row = session.execute(select(VersionRow.id, VersionRow.pathologies).join(ModelRow)
@@ -97,9 +153,28 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
             if not isinstance(r[f], datetime) or r[f].tzinfo is None:
                 raise InvalidInput("must be a timezone-aware datetime", field=f"{where[i]}{f}")
         keyed.append((_key(vid, r), r))
-    now, new_rows, new_keys, seen = utcnow(), [], [], set()
+    # Same key, different content: refused before anything is written (the lock above, or SQLite's
+    # write lock, keeps another ingester from storing one of these keys in between).
+    stored = _existing(session, list(dict.fromkeys(k for k, _ in keyed)))
+    first: dict[tuple, tuple[int, dict[str, Any]]] = {}
+    for i, (key, r) in enumerate(keyed):
+        mine = _content(r)
+        if key in stored:
+            if diff := _differing(mine, _stored_content(stored[key])):
+                raise InvalidInput(
+                    f"report {stored[key].id} with this key (version, site, pathology, kind, window) is stored "
+                    f"with different {', '.join(diff)}: refused (a changed report needs its own window)",
+                    field=f"{where[i]}report")
+        elif key in first:
+            j, theirs = first[key]
+            if diff := _differing(mine, theirs):
+                raise InvalidInput(f"same key as {where[j].removesuffix(': ')} but different {', '.join(diff)}",
+                                   field=f"{where[i]}report")
+        else:
+            first[key] = (i, mine)
+    now, new_rows, new_keys, seen = utcnow(), [], [], set(stored)
     for key, r in keyed:
-        if key in seen:  # a duplicate within this batch
+        if key in seen:  # already stored, or a duplicate within this batch
             continue
         seen.add(key)
         c = r["counts"]
@@ -111,17 +186,15 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
             "notes": r.get("notes") or "", "status": ReportStatus.open, "created_by": who, "created_at": now,
         })
         new_keys.append(key)
-    known: dict[tuple, int] = {}
-    missing: list[tuple] = []
+    known: dict[tuple, int] = {k: r.id for k, r in stored.items()}
     if new_rows:
-        # ON CONFLICT DO NOTHING … RETURNING: only rows really inserted come back, so an
-        # already-stored report costs one targeted lookup instead of scanning for every key.
+        # ON CONFLICT DO NOTHING … RETURNING: the ingest lock makes a conflict impossible here; should
+        # one happen anyway, the row that is missing from RETURNING is reported, never silently merged.
         res = insert_ignore(session, ReportRow, new_rows, returning=(ReportRow.id, *_KEY_COLS))
-        known = {_row_key(r): r.id for r in res}
-        created = [(k, row) for k, row in zip(new_keys, new_rows, strict=True) if k in known]
-        missing = [k for k in new_keys if k not in known]
-        if missing:
-            known.update(_existing(session, missing))
+        known.update({_row_key(r): r.id for r in res})
+        if lost := [k for k in new_keys if k not in known]:
+            raise TransientError(f"{len(lost)} report(s) were stored by another ingester meanwhile: try again")
+        created = list(zip(new_keys, new_rows, strict=True))
         audit.record_many(session, [{
             "action": "report.ingest", "entity_type": "error_report", "entity_id": known[key],
             "new": {"version_id": key[0], "pathology": row["pathology"], "kind": row["kind"], "metric": row["metric"],
@@ -129,8 +202,7 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
                     "window": [key[4], key[5]], "source": row["source"], "status": "open"},
         } for key, row in created], actor=who)
     ids = [known[k] for k, _ in keyed]
-    n_created = len(new_rows) - len(missing)
-    return IngestResult(ids=ids, created=n_created, existing=len(ids) - n_created)
+    return IngestResult(ids=ids, created=len(new_rows), existing=len(ids) - len(new_rows))
 
 
 def _load(session: Session, ids: Sequence[int]) -> list[ReportEntity]:
@@ -160,15 +232,16 @@ def list_reports(session: Session, *, status: ReportStatus | str | None = None, 
 
 
 def claim_reports(session: Session, worker: str, limit: int = 10, lease_seconds: float = 3600, *,
-                  actor: str | None = None) -> list[ReportEntity]:
-    """Atomically move up to `limit` open reports to `claimed` by `worker`, with a lease; audited."""
+                  exclude: Sequence[int] = (), actor: str | None = None) -> list[ReportEntity]:
+    """Atomically move up to `limit` open reports (none of `exclude`) to `claimed` by `worker`, with a
+    lease; audited."""
     if limit < 1:
         return []
     now = utcnow()
-    candidates = list(session.scalars(
-        select(ReportRow.id).where(ReportRow.status == ReportStatus.open).order_by(ReportRow.id).limit(limit)
-        .with_for_update(skip_locked=True)
-    ))
+    q = select(ReportRow.id).where(ReportRow.status == ReportStatus.open)
+    if exclude:
+        q = q.where(ReportRow.id.not_in(list(exclude)))
+    candidates = list(session.scalars(q.order_by(ReportRow.id).limit(limit).with_for_update(skip_locked=True)))
     if not candidates:
         return []
     expires = now + timedelta(seconds=lease_seconds)
@@ -186,12 +259,20 @@ def claim_reports(session: Session, worker: str, limit: int = 10, lease_seconds:
     return _load(session, sorted(claimed))
 
 
-def release_expired_claims(session: Session, *, now: datetime | None = None, actor: str | None = None) -> list[int]:
-    """Claims past their lease go back to `open` (their worker died); audited. Returns the ids."""
+def release_expired_claims(session: Session, *, now: datetime | None = None, claimed_before: datetime | None = None,
+                           actor: str | None = None) -> list[int]:
+    """Claims past their lease go back to `open` (their worker died); audited. Returns the ids.
+
+    `claimed_before` also releases claims taken before that moment whatever their lease (a take-over:
+    the engine turns a claim into a decision within moments, so an old claim's worker is gone).
+    """
     now = now or utcnow()
+    stale = ReportRow.claim_expires_at < now
+    if claimed_before is not None:
+        stale = or_(stale, ReportRow.claimed_at < claimed_before)
     rows = list(session.execute(
-        select(ReportRow.id, ReportRow.claimed_by).where(
-            ReportRow.status == ReportStatus.claimed, ReportRow.claim_expires_at < now
+        select(ReportRow.id, ReportRow.claimed_by, ReportRow.claim_expires_at).where(
+            ReportRow.status == ReportStatus.claimed, stale
         ).with_for_update(skip_locked=True)
     ))
     if not rows:
@@ -204,9 +285,20 @@ def release_expired_claims(session: Session, *, now: datetime | None = None, act
     audit.record_many(session, [{
         "action": "report.release", "entity_type": "error_report", "entity_id": r.id,
         "old": {"status": "claimed", "claimed_by": r.claimed_by}, "new": {"status": "open"},
-        "reason": "claim lease expired",
+        "reason": "claim lease expired" if r.claim_expires_at < now else "claim taken over: its worker is gone",
     } for r in rows if r.id in released], actor=actor)
     return sorted(released)
+
+
+def holds_claim(session: Session, report_id: int, worker: str) -> bool:
+    """Whether `worker` still holds its claim on the report, the row locked until the transaction ends.
+
+    The fence of a claim: a worker acts on a claimed report (records its decision) only in a
+    transaction where this is true, so a claim released meanwhile (lease expired, taken over) and
+    taken by another worker is never acted on twice.
+    """
+    row = session.scalars(select(ReportRow).where(ReportRow.id == report_id).with_for_update()).one_or_none()
+    return row is not None and ReportStatus(row.status) is ReportStatus.claimed and row.claimed_by == worker
 
 
 def set_report_status(session: Session, report_id: int, status: ReportStatus | str, *, reason: str = "",

@@ -31,6 +31,7 @@ from registry.entities import (
     ModelEntity,
     VersionEntity,
     VersionStatus,
+    alias_label,
 )
 from registry.models import (
     AliasHistoryRow,
@@ -39,6 +40,7 @@ from registry.models import (
     DatasetRow,
     EvaluationRow,
     ModelRow,
+    PromotionGrantRow,
     VersionDatasetRow,
     VersionRow,
     utcnow,
@@ -142,6 +144,19 @@ def _check_thresholds(thresholds: Mapping[str, Any], pathologies: Sequence[str])
     return out
 
 
+def _check_site_thresholds(site_thresholds: Mapping[str, Any], pathologies: Sequence[str]
+                           ) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for site, thr in site_thresholds.items():
+        if not isinstance(site, str) or not _NAME.match(site) or len(site) > 64:
+            raise InvalidInput(f"site names are letters, digits and ._- (≤64), got {site!r}", field="site_thresholds")
+        if not isinstance(thr, Mapping):
+            raise InvalidInput("expected {pathology: threshold}", field=f"site_thresholds.{site}")
+        if thr:
+            out[site] = _check_thresholds(thr, pathologies)
+    return out
+
+
 def _eval_rows(version_id: int, dataset_id: int, rows: Iterable[Mapping[str, Any]],
                pathologies: Sequence[str]) -> list[dict[str, Any]]:
     known, now, out, seen = set(pathologies), utcnow(), [], set()
@@ -174,6 +189,8 @@ def register_version(
     pathologies: Sequence[str],
     parameter_count: int,
     thresholds: Mapping[str, float | None] | None = None,
+    site_thresholds: Mapping[str, Mapping[str, float | None]] | None = None,
+    footprint: Mapping[str, Any] | None = None,
     tensor_digests: Mapping[str, str] | None = None,
     blob: BlobRef | None = None,
     parent_id: int | None = None,
@@ -191,9 +208,10 @@ def register_version(
     """Register a new version with its lineage, dataset links, evaluations and audit event.
 
     `weights_digest` names a blob: pass `blob` when it is new (from `blobs.put_bytes`),
-    or reuse the parent's digest for a thresholds-only version. `evaluations` maps a
-    dataset id to rows (see `add_evaluations`). Everything happens in the caller's
-    transaction. Raises `InvalidInput`/`NotFound` naming the field.
+    or reuse the parent's digest for a thresholds-only version. `site_thresholds` holds
+    per-site overrides of `thresholds` ({site: {pathology: threshold}}); `footprint` what the
+    version costs to run. `evaluations` maps a dataset id to rows (see `add_evaluations`).
+    Everything happens in the caller's transaction. Raises `InvalidInput`/`NotFound` naming the field.
     """
     who = actor_of(actor)
     status = VersionStatus(status)
@@ -202,6 +220,7 @@ def register_version(
     spec_text, spec_digest = canonical_spec(spec_json)
     pathologies = list(pathologies)
     thr = _check_thresholds(thresholds or {}, pathologies)
+    site_thr = _check_site_thresholds(site_thresholds or {}, pathologies)
     count(parameter_count, "parameter_count")
     if blob is not None:
         if blob.digest != weights_digest:
@@ -222,7 +241,8 @@ def register_version(
         model_id=m.id, version=number, parent_id=parent_id, status=status, spec_json=spec_text,
         spec_digest=spec_digest, weights_digest=weights_digest, backbone_digest=backbone_digest,
         tensors_digest=tensors_digest, tensor_digests=dict(tensor_digests or {}), thresholds=thr,
-        pathologies=pathologies, parameter_count=parameter_count, trainable_parameters=trainable_parameters,
+        site_thresholds=site_thr, footprint=audit.jsonable(dict(footprint or {})), pathologies=pathologies,
+        parameter_count=parameter_count, trainable_parameters=trainable_parameters,
         code_version=code_version or _code_version(), created_by=who, created_at=utcnow(),
         decision_id=decision_id, treatment_run_id=treatment_run_id, notes=notes,
     )
@@ -240,22 +260,32 @@ def register_version(
             n_eval += len(eval_rows)
     audit.record(session, "version.register", "model_version", row.id, new={
         "ref": f"{model}:{number}", "parent": parent_ref, "status": status, "weights_digest": weights_digest,
-        "spec_digest": spec_digest, "thresholds": thr, "datasets": ds_ids, "evaluations": n_eval,
+        "spec_digest": spec_digest, "thresholds": thr, **({"site_thresholds": site_thr} if site_thr else {}),
+        "datasets": ds_ids, "evaluations": n_eval,
         "decision_id": decision_id, "treatment_run_id": treatment_run_id,
     }, reason=reason, actor=who)
     return row.to_entity(parent_ref=parent_ref, dataset_ids=ds_ids)
 
 
-def derive_version(session: Session, parent_id: int, *, thresholds: Mapping[str, float | None],
+def derive_version(session: Session, parent_id: int, *, thresholds: Mapping[str, float | None] | None = None,
+                   site_thresholds: Mapping[str, Mapping[str, float | None]] | None = None,
                    actor: str | None = None, reason: str = "", **kwargs: Any) -> VersionEntity:
-    """A thresholds-only child of `parent_id`: same spec and weights blob, new thresholds."""
+    """A thresholds-only child of `parent_id`: same spec and weights blob, new thresholds.
+
+    `thresholds` update the defaults; `site_thresholds` update (per site, per pathology) the parent's
+    site overrides. Everything else is the parent's.
+    """
     p = _version_row(session, parent_id)
-    merged = {**p.thresholds, **thresholds}
+    merged = {**p.thresholds, **(thresholds or {})}
+    sites = {site: dict(v) for site, v in (p.site_thresholds or {}).items()}
+    for site, thr in (site_thresholds or {}).items():
+        sites[site] = {**sites.get(site, {}), **thr}
+    kwargs.setdefault("footprint", p.footprint)
     return register_version(
         session, p.model.name, spec_json=p.spec_json, weights_digest=p.weights_digest,
         backbone_digest=p.backbone_digest, tensors_digest=p.tensors_digest, tensor_digests=p.tensor_digests,
-        pathologies=p.pathologies, parameter_count=p.parameter_count, thresholds=merged, parent_id=p.id,
-        actor=actor, reason=reason, **kwargs,
+        pathologies=p.pathologies, parameter_count=p.parameter_count, thresholds=merged, site_thresholds=sites,
+        parent_id=p.id, actor=actor, reason=reason, **kwargs,
     )
 
 
@@ -302,13 +332,41 @@ def set_version_status(session: Session, version_id: int, status: VersionStatus 
 
 
 # -- aliases --------------------------------------------------------------------
-def set_alias(session: Session, model: str, alias: str, version_id: int, *, actor: str | None = None,
-              reason: str = "", action: str = "alias.move") -> AliasEntity:
-    """Point `alias` of `model` at a version; record the move in alias_history and the audit trail.
+def _check_site(site: str) -> str:
+    site = site or ""
+    if site and (not _NAME.match(site) or len(site) > 64):
+        raise InvalidInput(f"site names are letters, digits and ._- (≤64), got {site!r}", field="site")
+    return site
 
-    Moving `production` archives the version it left and marks the new one `production`.
+
+def _serves_production(session: Session, version_id: int, *, except_alias_id: int | None = None) -> bool:
+    """Whether some `production` alias (any site) other than `except_alias_id` points at the version."""
+    q = select(AliasRow.id).where(AliasRow.name == PRODUCTION, AliasRow.version_id == version_id)
+    if except_alias_id is not None:
+        q = q.where(AliasRow.id != except_alias_id)
+    return session.scalar(q.limit(1)) is not None
+
+
+GRANTS = ("gate", "rollback", "override")
+
+
+def set_alias(session: Session, model: str, alias: str, version_id: int, *, actor: str | None = None,
+              reason: str = "", action: str = "alias.move", site: str = "", grant: str | None = None,
+              run_id: int | None = None) -> AliasEntity:
+    """Point `alias` of `model` (for every site, or for `site` only) at a version; record the move in
+    alias_history and the audit trail.
+
+    A site's own alias (`production@site-b`) wins over the all-sites one for that site. A version is
+    `production` while any `production` alias points at it: the version a move leaves is archived only
+    when no other site still runs it.
+
+    Moving `production` needs a grant, recorded in `promotion_grants` in the same transaction (the
+    database refuses the move without one): `gate` with the accepted `run_id` that made the version,
+    or `rollback` / `override` with a non-empty `reason`. Default: `gate` when `run_id` is given, else
+    `override`.
     """
     who = actor_of(actor)
+    site = _check_site(site)
     if not _NAME.match(alias or "") or len(alias) > 64:
         raise InvalidInput(f"alias names are letters, digits and ._- (≤64), got {alias!r}", field="alias")
     m = session.scalars(select(ModelRow).where(ModelRow.name == model).with_for_update()).one_or_none()
@@ -319,33 +377,51 @@ def set_alias(session: Session, model: str, alias: str, version_id: int, *, acto
         raise InvalidInput(f"version {v.model.name}:{v.version} belongs to another model", field="version")
     if alias == PRODUCTION and v.status == VersionStatus.rejected:
         raise InvalidInput(f"{model}:{v.version} was rejected; it cannot go to production", field="version")
-    row = session.scalars(select(AliasRow).where(AliasRow.model_id == m.id, AliasRow.name == alias)).one_or_none()
+    if alias == PRODUCTION:
+        grant = grant or ("gate" if run_id is not None else "override")
+        if grant not in GRANTS:
+            raise InvalidInput(f"a production move is a {', '.join(GRANTS)}; got {grant!r}", field="grant")
+        if grant == "gate" and run_id is None:
+            raise InvalidInput("a gate promotion names the accepted treatment run", field="run_id")
+        if grant != "gate" and not (reason or "").strip():
+            raise InvalidInput(f"moving production by {grant} needs a reason", field="reason")
+    row = session.scalars(select(AliasRow).where(AliasRow.model_id == m.id, AliasRow.name == alias,
+                                                 AliasRow.site == site)).one_or_none()
     old_vid = row.version_id if row is not None else None
     now = utcnow()
+    label = alias_label(alias, site)
+    if old_vid != version_id and alias == PRODUCTION:
+        session.add(PromotionGrantRow(model_id=m.id, version_id=version_id, site=site, kind=grant, run_id=run_id,
+                                      reason=reason or "", actor=who, at=now))
+        session.flush()  # before the alias: the database checks the grant when the alias row is written
     if old_vid != version_id:
         if row is None:
-            row = AliasRow(model_id=m.id, name=alias, version_id=version_id, updated_by=who, updated_at=now)
+            row = AliasRow(model_id=m.id, name=alias, site=site, version_id=version_id, updated_by=who, updated_at=now)
             session.add(row)
         else:
             row.version_id, row.updated_by, row.updated_at = version_id, who, now
-        session.add(AliasHistoryRow(model_id=m.id, alias=alias, from_version_id=old_vid, to_version_id=version_id,
-                                    actor=who, at=now, reason=reason))
+        session.add(AliasHistoryRow(model_id=m.id, alias=alias, site=site, from_version_id=old_vid,
+                                    to_version_id=version_id, actor=who, at=now, reason=reason))
+        session.flush()
         old_ref = None
         events = []
         if old_vid is not None:
             old_v = _version_row(session, old_vid)
             old_ref = f"{model}:{old_v.version}"
-            if alias == PRODUCTION and old_v.status == VersionStatus.production:
+            if (alias == PRODUCTION and old_v.status == VersionStatus.production
+                    and not _serves_production(session, old_v.id)):
                 old_v.status = VersionStatus.archived
                 events.append(_status_event(old_v.id, VersionStatus.production, VersionStatus.archived, reason))
-        events.insert(0, {"action": action, "entity_type": "alias", "entity_id": f"{model}@{alias}",
-                          "old": {"version": old_ref}, "new": {"version": f"{model}:{v.version}"}, "reason": reason})
+        new = {"version": f"{model}:{v.version}", **({"site": site} if site else {}),
+               **({"grant": grant, "run_id": run_id} if alias == PRODUCTION else {})}
+        events.insert(0, {"action": action, "entity_type": "alias", "entity_id": f"{model}@{label}",
+                          "old": {"version": old_ref}, "new": new, "reason": reason})
         if alias == PRODUCTION and v.status != VersionStatus.production:
             events.append(_status_event(v.id, VersionStatus(v.status), VersionStatus.production, reason))
             v.status = VersionStatus.production
         session.flush()
         audit.record_many(session, events, actor=who)
-    return AliasEntity(model, alias, version_id, v.version, row.updated_by, row.updated_at)
+    return AliasEntity(model, alias, version_id, v.version, row.updated_by, row.updated_at, site)
 
 
 def _status_event(version_id: int, old: VersionStatus, new: VersionStatus, reason: str) -> dict[str, Any]:
@@ -353,22 +429,57 @@ def _status_event(version_id: int, old: VersionStatus, new: VersionStatus, reaso
             "old": {"status": old}, "new": {"status": new}, "reason": reason}
 
 
-def rollback(session: Session, version_id: int, *, reason: str, actor: str | None = None) -> AliasEntity:
-    """Move `production` back to an earlier version of the same model, with a required reason."""
+def rollback(session: Session, version_id: int, *, reason: str, actor: str | None = None,
+             site: str = "") -> AliasEntity:
+    """Move `production` (every site's, or `site`'s own) back to an earlier version of the same model,
+    with a required reason."""
     if not reason or not reason.strip():
         raise InvalidInput("a rollback needs a reason", field="reason")
     v = _version_row(session, version_id)
     return set_alias(session, v.model.name, PRODUCTION, version_id, actor=actor, reason=reason,
-                     action="alias.rollback")
+                     action="alias.rollback", site=site, grant="rollback")
+
+
+def drop_site_alias(session: Session, model: str, site: str, *, reason: str, alias: str = PRODUCTION,
+                    actor: str | None = None) -> None:
+    """Remove a site's own alias: the site goes back to the all-sites one. Recorded in the audit trail."""
+    site = _check_site(site)
+    if not site:
+        raise InvalidInput("only a site's own alias can be removed", field="site")
+    if not reason or not reason.strip():
+        raise InvalidInput("removing a site's alias needs a reason", field="reason")
+    row = session.execute(select(AliasRow, ModelRow.name).join(ModelRow, ModelRow.id == AliasRow.model_id)
+                          .where(ModelRow.name == model, AliasRow.name == alias, AliasRow.site == site)
+                          .with_for_update()).one_or_none()
+    if row is None:
+        raise NotFound(f"no alias {alias_label(alias, site)!r} on model {model!r}", field="site")
+    a = row[0]
+    old_v = _version_row(session, a.version_id)
+    session.delete(a)
+    session.flush()
+    events = [{"action": "alias.drop", "entity_type": "alias", "entity_id": f"{model}@{alias_label(alias, site)}",
+               "old": {"version": f"{model}:{old_v.version}", "site": site}, "new": None, "reason": reason}]
+    if alias == PRODUCTION and old_v.status == VersionStatus.production and not _serves_production(session, old_v.id):
+        old_v.status = VersionStatus.archived
+        events.append(_status_event(old_v.id, VersionStatus.production, VersionStatus.archived, reason))
+    session.flush()
+    audit.record_many(session, events, actor=actor_of(actor))
 
 
 def list_aliases(session: Session, model: str | None = None) -> list[AliasEntity]:
     q = (select(AliasRow, ModelRow.name, VersionRow.version).join(ModelRow, ModelRow.id == AliasRow.model_id)
-         .join(VersionRow, VersionRow.id == AliasRow.version_id).order_by(ModelRow.name, AliasRow.name))
+         .join(VersionRow, VersionRow.id == AliasRow.version_id).order_by(ModelRow.name, AliasRow.name, AliasRow.site))
     if model is not None:
         q = q.where(ModelRow.name == model)
     rows = session.execute(q)
-    return [AliasEntity(name, a.name, a.version_id, ver, a.updated_by, a.updated_at) for a, name, ver in rows]
+    return [AliasEntity(name, a.name, a.version_id, ver, a.updated_by, a.updated_at, a.site) for a, name, ver in rows]
+
+
+def sites_with_own_alias(session: Session, model: str, alias: str = PRODUCTION) -> dict[str, int]:
+    """{site: version id} of the sites that have their own `alias`."""
+    q = (select(AliasRow.site, AliasRow.version_id).join(ModelRow, ModelRow.id == AliasRow.model_id)
+         .where(ModelRow.name == model, AliasRow.name == alias, AliasRow.site != ""))
+    return {site: vid for site, vid in session.execute(q)}
 
 
 # -- finding versions -----------------------------------------------------------
@@ -386,7 +497,9 @@ def get_version(session: Session, version_id: int) -> VersionEntity:
     if row.parent_id is not None:
         p = _version_row(session, row.parent_id)
         parent_ref = f"{p.model.name}:{p.version}"
-    aliases = list(session.scalars(select(AliasRow.name).where(AliasRow.version_id == row.id).order_by(AliasRow.name)))
+    aliases = [alias_label(name, site) for name, site in session.execute(
+        select(AliasRow.name, AliasRow.site).where(AliasRow.version_id == row.id)
+        .order_by(AliasRow.name, AliasRow.site))]
     ds = list(session.scalars(select(VersionDatasetRow.dataset_id).where(VersionDatasetRow.version_id == row.id)
                               .order_by(VersionDatasetRow.dataset_id)))
     return row.to_entity(parent_ref=parent_ref, aliases=aliases, dataset_ids=ds)
@@ -400,17 +513,33 @@ def find_version_id(session: Session, model: str, version: int) -> int:
     return vid
 
 
-def resolve_version(session: Session, ref: str | int) -> VersionEntity:
-    """`NAME:N`, `NAME@alias`, or `N` when the registry holds one model."""
-    return get_version(session, resolve_version_id(session, ref))
+def resolve_version(session: Session, ref: str | int, *, site: str | None = None) -> VersionEntity:
+    """`NAME:N`, `NAME@alias`, `NAME@alias@site`, or `N` when the registry holds one model.
+
+    With `site`, `NAME@alias` means the version that alias serves at that site: the site's own alias
+    when it has one, else the all-sites alias.
+    """
+    return get_version(session, resolve_version_id(session, ref, site=site))
 
 
-def resolve_version_id(session: Session, ref: str | int) -> int:
+def _alias_version_id(session: Session, name: str, alias: str, site: str) -> int | None:
+    return session.scalar(select(AliasRow.version_id).join(ModelRow, ModelRow.id == AliasRow.model_id)
+                          .where(ModelRow.name == name, AliasRow.name == alias, AliasRow.site == site))
+
+
+def resolve_version_id(session: Session, ref: str | int, *, site: str | None = None) -> int:
     text = str(ref).strip()
     if "@" in text:
         name, alias = text.split("@", 1)
-        vid = session.scalar(select(AliasRow.version_id).join(ModelRow, ModelRow.id == AliasRow.model_id)
-                             .where(ModelRow.name == name, AliasRow.name == alias))
+        alias, _, own_site = alias.partition("@")
+        if own_site:
+            vid = _alias_version_id(session, name, alias, _check_site(own_site))
+            if vid is None:
+                raise NotFound(f"no alias {alias_label(alias, own_site)!r} on model {name!r}", field="version")
+            return vid
+        vid = _alias_version_id(session, name, alias, _check_site(site)) if site else None
+        if vid is None:
+            vid = _alias_version_id(session, name, alias, "")
         if vid is None:
             raise NotFound(f"no alias {alias!r} on model {name!r}", field="version")
         return vid

@@ -132,7 +132,7 @@ def test_version_refs(db_url):
     with session_scope() as s:
         v1 = f.version(s)
         v2 = f.version(s, parent_id=v1.id)
-        repo.set_alias(s, "cxr", "production", v2.id)
+        repo.set_alias(s, "cxr", "production", v2.id, reason="better")
     with session_scope(read_only=True) as s:
         assert repo.resolve_version(s, "cxr:1").id == v1.id
         assert repo.resolve_version(s, "cxr@production").id == v2.id
