@@ -21,6 +21,7 @@ from cxr.data import CXRDataset
 from cxr.errors import IntegrityFailure
 from cxr.features import FeatureCache, head_logits, sigmoid
 from cxr.model import CXRDenseNet
+from cxr.quantize import runnable
 from cxr.sources import open_recorded
 from cxr.weights import Weights
 from decision.registration import load_version_weights
@@ -78,8 +79,10 @@ class Catalog:
         return self._weights[v.weights_digest]
 
     def model(self, w: Weights) -> CXRDenseNet:
+        """What computes `w`'s outputs: its torch module, or for an int8 ONNX Runtime version an
+        `OrtModel` (same `pooled` / call interface), so features and evaluation run through ORT."""
         if w.weights_sha256 not in self._models:
-            self._models[w.weights_sha256] = w.model()
+            self._models[w.weights_sha256] = runnable(w)
         return self._models[w.weights_sha256]
 
     def remember(self, w: Weights) -> None:

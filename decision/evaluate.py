@@ -61,6 +61,8 @@ class ParentComparison:
     parent_tp: int | None
     tp_loss: int | None
     tp_loss_fraction: float | None
+    #: the candidate's scores equal the parent's on every labelled case (nothing changed for this output)
+    identical: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,7 @@ def _compare(y, cand, par, t_cand, t_par, evaluable: bool, alpha: float) -> Pare
         parent_tp,
         lost,
         frac,
+        bool(np.array_equal(cand, par)),
     )
 
 

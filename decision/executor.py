@@ -24,6 +24,7 @@ import os
 from typing import Any, Protocol
 
 from cxr.errors import InvalidInput
+from cxr.faults import failpoint
 from registry.settings import get_settings
 from treatments.base import Treatment, TreatmentContext, TreatmentResult
 
@@ -44,6 +45,7 @@ class LocalExecutor:
     name = "local"
 
     def run(self, plugin: Treatment, ctx: TreatmentContext) -> TreatmentResult:
+        failpoint("in_treatment")
         return plugin.apply(ctx)
 
 

@@ -10,13 +10,27 @@ auditor can see exactly why a version was accepted or rejected. Checks:
   policy's minimum, as `gate.target_rule` says. False positives are judged on the FPR
   at the candidate's threshold, false negatives on recall, an AUROC drop on AUROC.
 * `noninferiority[P]` for every other pathology: the lower bound of the paired DeLong
-  interval of AUROC(candidate) - AUROC(parent) must not fall below -margin.
+  interval of AUROC(candidate) - AUROC(parent) must not fall below -margin. Each check first
+  asks whether the data can show the margin at all (`decision/power.py`) and says so in its
+  detail ("Hernia: 5 positives; the margin -0.020 needs about N"). A lower bound at or above
+  -margin passes whatever the power (the interval itself shows it). One below fails, unless the
+  check is *underpowered* and the policy says `gate.underpowered = "no_significant_harm"`: then it
+  is judged on harm alone — it fails only if the whole interval lies below zero — and is flagged
+  `underpowered`, which holds an accepted candidate for a person's approval
+  (`gate.underpowered_needs_approval`). Under `"block"` it fails, as it always did. A pathology
+  whose scores are identical to the parent's on every case is `unchanged`.
 * `tp_loss`: true positives on the target that the parent caught and the candidate
   misses, within the absolute and/or fractional bound.
 * `recall_floor`: the target's recall stays at or above the floor.
 Missing evidence fails a check (fail closed), except pathologies that are not evaluable,
 which are listed as unchecked; intervals computed at another level than `gate.alpha` add a
 failing `interval_level` check.
+
+`judge_sites` applies this per site: the full gate on the report's site, and on every other
+site's evaluation set the checks that a fix there must not break anything here
+(`other_site_checks`). A candidate that passes at its site but not elsewhere may still be promoted
+for that site alone (`production@site`, policy `gate.site_scoped_promotion`): the other sites keep
+their own production version, so their checks are recorded but not binding.
 """
 
 from __future__ import annotations
@@ -26,9 +40,13 @@ from dataclasses import dataclass
 
 from decision.evaluate import EvaluationReport, PathologyEval
 from decision.planner import ReportView
+from decision.power import assess_power
 from policies import Policy
 
-__all__ = ["Check", "GateResult", "gate"]
+__all__ = ["Check", "GateResult", "SiteEvaluation", "gate", "judge_sites", "noninferiority_check", "other_site_checks"]
+
+UNDERPOWERED = "underpowered"
+UNCHANGED = "unchanged"
 
 _LOWER_BETTER = frozenset({"fpr", "fnr", "ece", "brier", "parameters", "size_bytes", "latency_ms"})
 _EVAL_ATTR = {
@@ -64,22 +82,32 @@ class Check:
     detail: str
     value: float | None = None
     limit: float | None = None
+    #: "underpowered" (passed on no significant harm; a person must accept it) or "unchanged"
+    flag: str | None = None
+    #: False for a check recorded for information only (another site keeps its own production)
+    binding: bool = True
 
 
 @dataclass(frozen=True)
 class GateResult:
-    """The verdict: `passed` only when every check passed; `summary` in plain language."""
+    """The verdict: `passed` only when every binding check passed; `summary` in plain language.
+
+    `needs_approval`: it passed with a flag a person must accept (an underpowered check). `scope`:
+    "all_sites" moves the alias every site without its own follows; "site" moves `site`'s own alias.
+    """
 
     passed: bool
     checks: tuple[Check, ...]
     summary: str
+    needs_approval: bool = False
+    scope: str = "all_sites"
+    site: str = ""
 
     def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+        return [c for c in self.checks if not c.passed and c.binding]
 
-
-def _f(v: float | None, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
+    def flagged(self, flag: str = UNDERPOWERED) -> list[Check]:
+        return [c for c in self.checks if c.flag == flag and c.binding]
 
 
 def _slo_limit(metric: str, slo) -> float | None:
@@ -128,29 +156,48 @@ def _target_check(report: ReportView, r: PathologyEval | None, policy: Policy, m
     return Check("target_fixed", passed, detail, float(value), limit)
 
 
-def _noninferiority(r: PathologyEval, margin: float) -> Check:
+def noninferiority_check(r: PathologyEval, policy: Policy) -> Check:
+    """Non-inferiority of one pathology, power-aware (see the module docstring).
+
+    In order: not evaluable → listed, not checked; scores identical to the parent's → passed,
+    `unchanged`; lower bound ≥ -margin → passed (shown, whatever the power); otherwise, if the data
+    cannot show the margin (underpowered) and the policy says `no_significant_harm` → passed when the
+    interval does not lie wholly below zero (or there are too few cases for an interval at all), flagged
+    `underpowered`; otherwise failed, with the power
+    sentence when underpowered ("Hernia: 5 positives; the margin -0.020 needs about N").
+    """
+    margin, alpha, rule = policy.gate.noninferiority_margin, policy.gate.alpha, policy.gate.underpowered
     name = f"noninferiority[{r.pathology}]"
     if not r.evaluable:
         return Check(name, True, f"{r.pathology} not evaluable ({r.reason}): not checked")
     c = r.comparison
     if c is None or c.delta is None:
         return Check(name, False, f"{r.pathology}: no paired comparison with the parent", None, -margin)
-    if c.delta_lo is None:
-        ok = c.delta >= -margin
-        return Check(
-            name,
-            ok,
-            f"{r.pathology}: AUROC change {c.delta:+.4f} (too few cases for an interval: "
-            f"point estimate vs -{margin:.3f})",
-            c.delta,
-            -margin,
-        )
-    ok = c.delta_lo >= -margin
-    detail = (
-        f"{r.pathology}: AUROC change {c.delta:+.4f} [{c.delta_lo:+.4f}, {c.delta_hi:+.4f}], lower bound "
-        f"{'>=' if ok else '<'} -{margin:.3f}"
-    )
-    return Check(name, ok, detail, c.delta_lo, -margin)
+    if c.identical:
+        return Check(name, True, f"{r.pathology}: scores identical to the parent's on every case (unchanged)",
+                     0.0, -margin, UNCHANGED)
+    power = assess_power(c.parent_auroc, r.n_pos, r.n_neg, margin, alpha, policy.gate.power_correlation)
+    interval = ("(too few cases for an interval)" if c.delta_lo is None
+                else f"[{c.delta_lo:+.4f}, {c.delta_hi:+.4f}]")
+    change = f"{r.pathology}: AUROC change {c.delta:+.4f} {interval}"
+    lower = c.delta_lo if c.delta_lo is not None else c.delta
+    if lower >= -margin:
+        what = "lower bound" if c.delta_lo is not None else "point estimate"
+        return Check(name, True, f"{change}, {what} >= -{margin:.3f}", lower, -margin)
+    if not power.underpowered:
+        return Check(name, False, f"{change}, lower bound < -{margin:.3f}", lower, -margin)
+    sentence = power.sentence(r.pathology, margin)
+    if rule == "block":
+        return Check(name, False, f"{change}, lower bound < -{margin:.3f}; underpowered ({sentence}); "
+                     "the policy blocks", lower, -margin, UNDERPOWERED)
+    if c.delta_hi is None:
+        # Too few cases for any interval: the data can show neither safety nor harm; a person must judge.
+        return Check(name, True, f"{change}; underpowered, too few cases to judge harm ({sentence})",
+                     c.delta, 0.0, UNDERPOWERED)
+    # Judge harm only: fail when the whole interval lies below zero.
+    ok = c.delta_hi >= 0
+    verdict = "no significant harm" if ok else "significant harm: the interval excludes zero"
+    return Check(name, ok, f"{change}; underpowered, {verdict} ({sentence})", c.delta_hi, 0.0, UNDERPOWERED)
 
 
 def _tp_loss(r: PathologyEval | None, policy: Policy) -> Check:
@@ -199,9 +246,8 @@ def gate(
     """
     measured = dict(measured or {})
     target = evaluation.get(report.pathology)
-    margin = policy.gate.noninferiority_margin
     checks = [_target_check(report, target, policy, measured)]
-    checks += [_noninferiority(r, margin) for r in evaluation.results if r.pathology != report.pathology]
+    checks += [noninferiority_check(r, policy) for r in evaluation.results if r.pathology != report.pathology]
     if not evaluation.has_parent:
         checks.append(Check("noninferiority", False, "the evaluation has no parent to compare with"))
     checks += [_tp_loss(target, policy), _recall_floor(report, target, policy)]
@@ -209,18 +255,25 @@ def gate(
         level = f"evaluated at alpha {evaluation.alpha:g}, the policy asks for {policy.gate.alpha:g}"
         checks.append(Check("interval_level", False, level, evaluation.alpha, policy.gate.alpha))
     passed = all(c.passed for c in checks)
-    return GateResult(passed, tuple(checks), _summary(passed, checks))
+    return GateResult(passed, tuple(checks), _summary(passed, checks), _approval(passed, checks, policy))
+
+
+def _approval(passed: bool, checks: list[Check], policy: Policy) -> bool:
+    return passed and policy.gate.underpowered_needs_approval and any(
+        c.flag == UNDERPOWERED and c.binding for c in checks)
 
 
 def _summary(passed: bool, checks: list[Check]) -> str:
     failed = [c for c in checks if not c.passed]
     if passed:
         target = checks[0].detail
-        ni = [c for c in checks if c.name.startswith("noninferiority[") and c.value is not None]
+        ni = [c for c in checks if c.name.startswith("noninferiority[") and c.value is not None and c.flag is None]
         worst = min(ni, key=lambda c: c.value) if ni else None  # type: ignore[arg-type,return-value]
         worst_txt = f"; worst other AUROC lower bound {worst.value:+.4f} ({worst.name[15:-1]})" if worst else ""
+        weak = [c.name[15:-1] for c in checks if c.flag == UNDERPOWERED]
+        weak_txt = f"; underpowered, no significant harm: {', '.join(weak)}" if weak else ""
         rest = "; ".join(c.detail for c in checks if c.name in ("tp_loss", "recall_floor"))
-        return f"Accepted: all {len(checks)} checks passed. {target}{worst_txt}; {rest}."
+        return f"Accepted: all {len(checks)} checks passed. {target}{worst_txt}{weak_txt}; {rest}."
     listed = "; ".join(f"{c.name}: {c.detail}" for c in failed)
     return f"Rejected: {len(failed)} of {len(checks)} checks failed. {listed}."
 
@@ -232,8 +285,7 @@ def other_site_checks(report: ReportView, evaluation: EvaluationReport, policy: 
     newly breach its SLO there (a threshold moved for one hospital applies to all of them): if the
     parent met the SLO's recall (FPR) on this set, the candidate must too.
     """
-    margin = policy.gate.noninferiority_margin
-    checks = [_noninferiority(r, margin) for r in evaluation.results]
+    checks = [noninferiority_check(r, policy) for r in evaluation.results]
     target = evaluation.get(report.pathology)
     if target is None or target.comparison is None:
         return checks
@@ -250,3 +302,71 @@ def other_site_checks(report: ReportView, evaluation: EvaluationReport, policy: 
                   + ("kept" if ok else "newly breached"))
         checks.append(Check(f"slo_kept[{report.pathology}.{metric}]", ok, detail, cand, limit))
     return checks
+
+
+@dataclass(frozen=True)
+class SiteEvaluation:
+    """One held-out evaluation set: its name, its site, and the candidate-vs-parent evaluation on it."""
+
+    dataset: str
+    site: str | None
+    evaluation: EvaluationReport
+
+
+def _tag(c: Check, dataset: str, *, binding: bool = True, note: str = "") -> Check:
+    return Check(f"{c.name}@{dataset}", c.passed, c.detail + note, c.value, c.limit, c.flag, binding)
+
+
+def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: Policy, *,
+                measured: Mapping[str, float] | None = None, own_alias_sites: frozenset[str] = frozenset(),
+                ) -> GateResult:
+    """The gate over every evaluation set, and the scope of the promotion it allows.
+
+    The report's site gets the full `gate`; every other site `other_site_checks`. Sites with their own
+    production alias (`own_alias_sites`, other than the report's) are not affected by this promotion:
+    their checks are recorded, not binding. If every binding check passes, the promotion covers every
+    site that follows the all-sites alias (`scope` "all_sites"), or only the report's site when it has
+    its own alias. If only the report's site passes and the policy allows it, the candidate is promoted
+    for that site alone (`scope` "site") and the other sites' checks become non-binding. Without an
+    evaluation set the verdict is a rejection.
+    """
+    if not evaluations:
+        return GateResult(False, (Check("evaluation", False, "the version has no evaluation data set"),),
+                          "rejected: nothing to evaluate on")
+    site = report.site or ""
+    here = [e for e in evaluations if e.site == site] or evaluations
+    site_checks = [_tag(c, e.dataset) for e in here for c in gate(report, e.evaluation, policy,
+                                                                      measured=measured).checks]
+    others: list[Check] = []
+    for e in (e for e in evaluations if e not in here):
+        unaffected = bool(e.site) and e.site in own_alias_sites
+        note = f" (not binding: {e.site} has its own production version)" if unaffected else ""
+        others += [_tag(c, e.dataset, binding=not unaffected, note=note)
+                   for c in other_site_checks(report, e.evaluation, policy)]
+    site_ok = all(c.passed for c in site_checks)
+    others_ok = all(c.passed for c in others if c.binding)
+    scope = "site" if site and site in own_alias_sites else "all_sites"
+    if site_ok and not others_ok and site and policy.gate.site_scoped_promotion:
+        scope = "site"
+        note = f" (not binding: promoted for {site} only; other sites keep their production)"
+        others = [c if not c.binding else Check(c.name, c.passed, c.detail + note, c.value, c.limit, c.flag, False)
+                  for c in others]
+        others_ok = True
+    checks = site_checks + others
+    passed = site_ok and others_ok
+    approval = _approval(passed, checks, policy)
+    failed = [c for c in checks if not c.passed and c.binding]
+    where = f"production@{site}" if scope == "site" else "production"
+    if passed:
+        head = "accepted" + (f" for {site} only ({where})" if scope == "site" else "")
+        if approval:
+            weak = sorted({c.name.split("@")[0][15:-1] for c in checks if c.flag == UNDERPOWERED and c.binding})
+            head += f"; held for approval: underpowered with no significant harm ({', '.join(weak)})"
+        detail = "; ".join(f"{c.name}: {c.detail}" for c in checks[:1])
+        blocked_elsewhere = [c for c in checks if not c.passed and not c.binding]
+        if blocked_elsewhere:
+            detail += "; elsewhere " + "; ".join(f"{c.name}: {c.detail}" for c in blocked_elsewhere[:2])
+    else:
+        head = f"rejected: {len(failed)} check(s) failed"
+        detail = "; ".join(f"{c.name}: {c.detail}" for c in failed[:3])
+    return GateResult(passed, tuple(checks), f"{head} ({detail})", approval, scope, site if scope == "site" else "")

@@ -71,7 +71,8 @@ def feedback_source(source: str, site: str, index: int, per_window: int, resolut
     if kind in ("folder", "nih"):
         folder, _, csv = rest.partition(":")
         now = datetime.now(UTC).replace(microsecond=0)
-        src = {"kind": kind, "folder": folder, "csv": csv or None, "split": "feedback", "resolution": resolution,
+        # A feedback folder is feedback, all of it (not the "feedback" share of a patient split).
+        src = {"kind": kind, "folder": folder, "csv": csv or None, "split": "all", "resolution": resolution,
                "seed": seed, "site": site, "name": f"feedback-{site}-{now:%Y%m%d}"}
         return src, Window(index, now - timedelta(days=7), now)
     raise InvalidInput(f"unknown feedback source {source!r}; expected phantom:SITE, folder:DIR[:CSV] or nih:DIR",

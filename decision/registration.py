@@ -21,7 +21,8 @@ import torch
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
-from cxr.model import parameter_count
+from cxr.footprint import static_footprint
+from cxr.model import build_model, parameter_count
 from cxr.weights import Weights, from_bytes
 from registry import blobs, repo
 from registry.entities import PRODUCTION, VersionEntity
@@ -90,12 +91,14 @@ def register_weights_bytes(
     notes: str = "",
     actor: str | None = None,
     home: Path | None = None,
+    footprint: Mapping[str, Any] | None = None,
 ) -> VersionEntity:
     """Verify weights bytes, store them as a blob, and register a version (candidate, or production).
 
     `parent` is a version ref (`NAME:N`, `NAME@alias`, `N`) or id. Thresholds default to
-    the file's `.thresholds.json` sibling, else the parent's. Raises `InvalidInput` /
-    `IntegrityFailure` for a bad or modified file.
+    the file's `.thresholds.json` sibling, else the parent's. The version's footprint is what the
+    file shows (parameters, bytes, dtype, runtime) plus what `footprint` adds (e.g. measured
+    latency with the CPU flags). Raises `InvalidInput` / `IntegrityFailure` for a bad or modified file.
     """
     w: Weights = from_bytes(data, source=source)
     parent_entity = None
@@ -109,7 +112,8 @@ def register_weights_bytes(
         session, model,
         spec_json=w.spec.to_json(), weights_digest=blob.digest, blob=blob, backbone_digest=w.backbone_sha256,
         tensors_digest=w.weights_sha256, tensor_digests=tensor_digests(w.state), pathologies=pathologies,
-        parameter_count=parameter_count(w.model()), thresholds=thr,
+        parameter_count=parameter_count(build_model(w.spec)), thresholds=thr,
+        footprint={**static_footprint(w, len(data)), **dict(footprint or {})},
         parent_id=parent_entity.id if parent_entity is not None else None,
         trainable_parameters=trainable_parameters, decision_id=decision_id, treatment_run_id=treatment_run_id,
         dataset_ids=dataset_ids, evaluations=evaluations, notes=notes, actor=actor, reason=reason,

@@ -83,10 +83,14 @@ def validate_policy_file(path: str | Path) -> Policy:
         raise NotFound(f"no policy file at {p}", field="policy") from None
     except OSError as err:
         raise InvalidInput(f"cannot read {p}: {err.strerror}", field="policy") from None
+    except UnicodeDecodeError as err:
+        raise InvalidInput(f"not UTF-8 text (byte {err.start}): a policy is a TOML file", field=str(p)) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InvalidInput(f"not valid TOML: {err}", field=str(p)) from None
+    except RecursionError:
+        raise InvalidInput("not valid TOML: nested too deeply", field=str(p)) from None
     return parse_policy(data, str(p))
 
 

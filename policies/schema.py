@@ -21,6 +21,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "ISSUE_KINDS",
     "SLO",
+    "ApprovalPolicy",
     "CalibrationPolicy",
     "CostModel",
     "GatePolicy",
@@ -45,6 +46,11 @@ BUILTIN_TREATMENTS: tuple[str, ...] = (
     "f_reoptimization",
     "augmentation_retrain",
     "full_retrain",
+    # footprint treatments (issue kind `footprint` only)
+    "lossless_compression",
+    "quantization",
+    "structured_pruning",
+    "distillation",
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -135,6 +141,15 @@ class GatePolicy(_Strict):
     max_tp_loss: int | None = Field(None, ge=0)  # absolute cap on the target's lost true positives
     max_tp_loss_fraction: Rate | None = 0.1  # ... and as a fraction of the parent's true positives
     recall_floor: Probability | None = None  # target recall floor; None: the target's SLO min_recall
+    # What a non-inferiority check does when the data cannot show the margin (decision/power.py):
+    # "block" fails it; "no_significant_harm" passes it unless the interval excludes zero on the harmful
+    # side, flags the verdict `underpowered` and (underpowered_needs_approval) holds it for a person.
+    underpowered: Literal["block", "no_significant_harm"] = "no_significant_harm"
+    underpowered_needs_approval: bool = True
+    power_correlation: float = Field(0.95, ge=0.0, lt=1.0)  # assumed corr. of candidate and parent AUROC
+    # A candidate that passes at the report's site but not elsewhere may be promoted for that site only
+    # (`production@site`); other sites keep their own production version.
+    site_scoped_promotion: bool = True
 
 
 class CalibrationPolicy(_Strict):
@@ -147,6 +162,9 @@ class CalibrationPolicy(_Strict):
     fpr_delta: Probability | None = None  # certify the FPR target on new data too (None: calibration data)
     # Aim false-positive fixes at (1 - headroom) x target, so that held-out data, another sample, meets it too.
     fpr_headroom: Rate = 0.0
+    # "site": a calibration for one site's report changes that site's operating point only (an override);
+    # "all_sites": the version's default threshold (every site without an override).
+    scope: Literal["site", "all_sites"] = "site"
 
 
 class CostModel(_Strict):
@@ -162,6 +180,23 @@ class CostModel(_Strict):
     time_exponent: float = Field(0.47, gt=0.0)
     parameter_weight: float = Field(0.25, ge=0.0)
     reference_parameters: float = Field(1e5, gt=0.0)
+
+
+class ApprovalPolicy(_Strict):
+    """Who may approve a decision that waits for a person."""
+
+    # Four-eyes: the actor who created a decision (DECIDE_ACTOR, else the OS user) may not approve it.
+    # false: a one-person lab; each self-approval is then recorded as "waived by policy".
+    four_eyes: bool = True
+
+
+class DiagnosisPolicy(_Strict):
+    """How a recorded shift diagnosis (`cxr.shift`, made before a backbone treatment) steers the planner."""
+
+    # A later report about the same version at the same site, whose recorded diagnosis says the shift
+    # is input-level with at least this strength (0..1), skips the head-level rungs (calibration, surgery,
+    # head retrain): they read features the shifted films already distorted. None: never skip.
+    skip_head_level_strength: Rate | None = 0.5
 
 
 class Learning(_Strict):
@@ -187,6 +222,8 @@ class Policy(_Strict):
     gate: GatePolicy = GatePolicy()
     calibration: CalibrationPolicy = CalibrationPolicy()
     learning: Learning = Learning()
+    approvals: ApprovalPolicy = ApprovalPolicy()
+    diagnosis: DiagnosisPolicy = DiagnosisPolicy()
 
     @field_validator("treatments")
     @classmethod

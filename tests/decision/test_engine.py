@@ -123,7 +123,8 @@ def test_approval_stops_the_ladder_until_a_person_approves(tiny_home):
     assert first.decisions[0].status == DecisionStatus.awaiting_approval
     assert _state(tiny_home.url)[2] == []  # nothing ran
     with session_scope(tiny_home.url) as s:
-        repo.approve_decision(s, first.decisions[0].decision_id, reason="reviewed by the radiology lead")
+        repo.approve_decision(s, first.decisions[0].decision_id, actor="radiology-lead",
+                              reason="reviewed by the radiology lead")  # four-eyes: not the engine's actor
     second = engine.run_pass()
     assert [r.treatment for r in second.decisions[0].runs] == ["toy_relabel"]
     runs = _state(tiny_home.url)[2]

@@ -170,14 +170,15 @@ def test_empirical_cost_matrix_rows():
 
 def test_plan_is_pure_and_handles_many_treatments():
     data = load_policy().model_dump()
+    builtin = len(data["treatments"])
     for i in range(11):
         data["treatments"][f"extra_{i}"] = {"prior_cost": 1 + i, "fixes": ["false_positives"]}
     policy = parse_policy(data)
     infos = _installed(policy)
-    assert len(infos) == 18
+    assert len(infos) == builtin + 11
     history = [RunStat("head_retrain", "false_positives", True, 85.0, 18_000)] * 3
     snapshot = (copy.deepcopy(infos), copy.deepcopy(history), policy.model_dump())
     first, second = plan(_report(), infos, policy, history), plan(_report(), infos, policy, history)
     assert first == second
     assert (infos, history, policy.model_dump()) == snapshot
-    assert len(first.candidates) == 18
+    assert len(first.candidates) == builtin + 11
