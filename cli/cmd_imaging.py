@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from cli.output import console, emit, err_console, fmt_float
+from cli import lazy
+from cli.output import console, emit, err_console, esc, fmt_float
 from cli.progress import train_progress
 from cxr.errors import InvalidInput
-from cxr.images import write_folder
-from cxr.infer import predict_files
-from cxr.phantom import SPLITS, PhantomConfig
-from cxr.sources import HELP as SOURCE_HELP
-from cxr.sources import open_source
-from cxr.spec import PRESETS, ArchSpec, preset
-from cxr.train import TrainConfig, train
-from cxr.weights import load_model, save_model
-from cxr.xrv_import import import_checkpoint
-from decision.baseline import register_from_source
-from policies import load_policy
-from registry.session import NoRegistry, check_schema
-from registry.settings import get_settings
+
+if TYPE_CHECKING:
+    from cxr.spec import ArchSpec
+
+# Imported when a command first uses them (pydantic, SQLAlchemy): `decide --help` needs none of them.
+load_policy = lazy.function("policies", "load_policy")
+check_schema = lazy.function("registry.session", "check_schema")
+get_settings = lazy.function("registry.settings", "get_settings")
+
+# Help texts are built when `decide` starts, so they must not import the phantom or the data sources
+# (numpy, pandas, scipy): copies of cxr.phantom.SPLITS and cxr.sources.HELP (tests/cli/test_fast_cli.py
+# checks that they agree).
+SPLITS = ("train", "calibration", "evaluation", "feedback")
+PRESETS = ("densenet121", "compact", "tiny")  # cxr.spec.PRESETS' names (pydantic)
+SOURCE_HELP = "phantom:SITE | folder:DIR[:CSV] | nih:DIR"
 
 
 def _spec(value: str) -> ArchSpec:
+    from cxr.spec import ArchSpec, preset
+
     if value in PRESETS:
         return preset(value)
     p = Path(value)
@@ -50,6 +56,8 @@ def phantom_cmd(
     read the folder back with `--data folder:OUT`.
     """
     from cxr.data import phantom_dataset
+    from cxr.images import write_folder
+    from cxr.phantom import PhantomConfig
 
     with err_console.status(f"rendering {n} phantom films"):
         ds = phantom_dataset(PhantomConfig(site=site, split=split, n=n, resolution=resolution, seed=seed))
@@ -94,6 +102,12 @@ def train_cmd(
     When DECIDE_HOME holds a registry (`decide init`), the result is registered as a version of
     --model: thresholds chosen on the source's calibration split, evaluated on its evaluation split.
     """
+    from cxr.sources import open_source
+    from cxr.train import TrainConfig, train
+    from cxr.weights import save_model
+    from decision.baseline import register_from_source
+    from registry.session import NoRegistry
+
     arch = _spec(spec)
     home = get_settings().home_dir
     with err_console.status("preparing data"):
@@ -130,29 +144,73 @@ def train_cmd(
 
 
 def predict_cmd(
-    images: list[Path] = typer.Argument(..., help="PNG or JPEG chest X-rays."),
-    weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (digest-checked on load)."),
+    images: list[Path] = typer.Argument(..., help="Chest X-rays: PNG (8/16-bit, RGB/RGBA), JPEG or DICOM files, "
+                                        "or folders of them."),
+    weights: Path | None = typer.Option(None, "--weights", help="An unregistered .safetensors file (digest-checked); "
+                                        "its .thresholds.json sibling, when present, gives the operating points."),
+    version: str | None = typer.Option(
+        None, "--version", help="A registered version: cxr:3, cxr@production (its operating points decide "
+        "'positive'; needs a home)."),
+    site: str | None = typer.Option(None, "--site", help="With --version: the site's own alias and operating points."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Score the films that can be read, list the rest "
+                                    "(exit 1 when some failed). Without it, any unreadable file stops the batch "
+                                    "(exit 2) before anything is scored."),
     top: int = typer.Option(5, help="Findings to show per image in the table."),
     as_json: bool = typer.Option(False, "--json", help="Print every probability as JSON."),
 ) -> None:
-    """Score chest X-ray images (torchxrayvision normalisation: [-1024, 1024], center crop, resize)."""
-    model, _w = load_model(weights)
-    rows = predict_files(model, images)
+    """Score chest X-ray films (torchxrayvision normalisation: [-1024, 1024], center crop, resize).
+
+    Example: decide predict films/ --version cxr@production --site site-b --keep-going
+
+    DICOM goes through its modality LUT, VOI window and MONOCHROME1 inversion first. With --version
+    each pathology is called positive at that version's operating point (per site with --site).
+    """
+    from cxr.images import read_batch
+    from cxr.weights import load_model
+    from decision.registration import load_thresholds
+    from decision.scoring import expand_inputs, load_version, refuse_failures, score_images, score_rows
+
+    if (weights is None) == (version is None):
+        raise InvalidInput("give exactly one of --weights FILE or --version REF", field="weights")
+    if weights is not None:
+        model, _w = load_model(weights)
+        sibling = weights.with_suffix(".thresholds.json")
+        thresholds = load_thresholds(sibling) if sibling.is_file() else {}
+        ref = None
+    else:
+        loaded = load_version(version, site=site)
+        model, thresholds, ref = loaded.weights.model(), loaded.thresholds, loaded.ref
+    batch = read_batch(expand_inputs(images), model.spec.resolution)
+    refuse_failures(batch, keep_going)
+    probs, _feats = score_images(model, batch.images)
+    rows = score_rows(batch.paths, probs, model.spec.pathologies, thresholds)
+    for r in rows:
+        if ref:
+            r["version"], r["site"] = ref, site
+    rows += [{"path": path, "error": reason, "scores": None} for path, reason in batch.failures]
 
     def render() -> None:
-        t = Table(title=f"{len(rows)} image(s)")
+        t = Table(title=f"{len(batch.paths)} image(s)" + (f" scored by {ref}" if ref else "")
+                  + (f" at {site}" if site else ""))
         t.add_column("image")
-        t.add_column(f"top {top} findings (probability)")
+        t.add_column(f"top {top} findings (probability{', + = positive' if thresholds else ''})")
         for r in rows:
+            if r["scores"] is None:
+                continue
             best = sorted(r["scores"].items(), key=lambda kv: -kv[1]["probability"])[:top]
-            t.add_row(Path(r["path"]).name, ", ".join(f"{k} {fmt_float(v['probability'])}" for k, v in best))
+            t.add_row(Path(r["path"]).name, ", ".join(
+                f"{k} {fmt_float(v['probability'])}{' +' if v['positive'] else ''}" for k, v in best))
         console.print(t)
+        for _path, reason in batch.failures:  # the reason names the file
+            err_console.print(f"[yellow]not scored:[/] {esc(reason)}")
 
     emit(rows, as_json, render)
+    if batch.failures:
+        raise typer.Exit(1)
 
 
 def explain_cmd(
-    images: list[Path] = typer.Argument(..., help="PNG or JPEG chest X-rays."),
+    images: list[Path] = typer.Argument(..., help="Chest X-rays: PNG, JPEG or DICOM files."),
     pathology: str = typer.Option(..., "--pathology", help="Whose logit to explain, e.g. Cardiomegaly."),
     weights: Path | None = typer.Option(None, "--weights", help="A .safetensors weights file (digest-checked)."),
     version: str | None = typer.Option(
@@ -176,6 +234,7 @@ def explain_cmd(
     from cxr.features import sigmoid
     from cxr.gradcam import grad_cam, save_overlay
     from cxr.images import load_image_file
+    from cxr.weights import load_model
 
     if (weights is None) == (version is None):
         raise InvalidInput("give exactly one of --weights FILE or --version REF", field="weights")
@@ -221,13 +280,24 @@ def import_weights_cmd(
     cache_dir: Path | None = typer.Option(
         None, help="torchxrayvision cache dir (default ~/.torchxrayvision/models_data)."
     ),
+    register_it: bool = typer.Option(
+        False, "--register", help="Also register the result as a version of --model (needs `decide init`)."
+    ),
+    model_name: str = typer.Option("cxr", "--model", help="Registry model name for --register."),
+    promote: bool = typer.Option(False, "--promote", help="With --register: make it `production`."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Convert a torchxrayvision checkpoint (e.g. densenet121-res224-all) to safetensors. Never downloads.
 
     Writes OUT and OUT's thresholds next to it (OUT with suffix .thresholds.json); NaN
-    operating thresholds are masked (null), never turned into 0.5.
+    operating thresholds are masked (null), never turned into 0.5. The compressed-CheXNet release
+    (`{"alive_per_block", "state_dict"}`, norm2 = Identity) loads without --trust-pickle.
+
+    Example: decide import-weights compressed_model.pt --out chexnet-c.safetensors --register --promote
     """
+    from cxr.weights import save_model
+    from cxr.xrv_import import import_checkpoint
+
     imp = import_checkpoint(source, trust_pickle=trust_pickle, cache_dir=cache_dir)
     from cxr.model import build_model, parameter_count
 
@@ -245,9 +315,21 @@ def import_weights_cmd(
         "thresholds": str(thr_path),
         "parameters": parameter_count(model),
         "spec": json.loads(imp.spec.to_json()),
+        "registered": None,
     }
+    if register_it:
+        from decision.registration import register_weights_file
+        from registry.session import session_scope
+
+        check_schema()
+        with session_scope() as s:
+            v = register_weights_file(s, out, model_name, promote=promote,
+                                      reason=f"imported from {imp.source_path} (sha256 {imp.source_sha256[:16]}…)")
+        result["registered"] = v.ref
+    reg = f"; registered as {result['registered']}" if result["registered"] else ""
     emit(result, as_json, lambda: console.print(
-        f"imported {imp.source_path} ({result['parameters']:,} parameters) → {out} (sha256 {w.weights_sha256[:16]}…)"
+        f"imported {imp.source_path} ({result['parameters']:,} parameters) → {out} "
+        f"(sha256 {w.weights_sha256[:16]}…){reg}"
     ))
 
 

@@ -7,7 +7,7 @@ center-cropped, resized to the model's resolution). Three sources build it:
 
 * the phantom (`phantom_dataset`), cached on disk by its config;
 * a folder of PNG/JPEG files plus a CSV of labels (`folder_dataset`);
-* torchxrayvision's `NIH_Dataset` over a user's image folder (`nih_dataset`).
+* NIH ChestX-ray14 films in a user's folder, labels from the shipped metadata (`nih_dataset`).
 
 Splits are by patient (`split_by_patient`): no patient lands in two splits.
 A data set's digest covers its image ids, labels, provenance and
@@ -214,27 +214,33 @@ def folder_dataset(folder: str | Path, csv_path: str | Path, resolution: int, na
 
 
 def nih_dataset(imgpath: str | Path, resolution: int = 224, views: Sequence[str] = ("PA", "AP")) -> CXRDataset:
-    """torchxrayvision's NIH ChestX-ray14 over a user's image folder (all images, labels from the shipped CSV)."""
-    import torchxrayvision as xrv
+    """NIH ChestX-ray14 over the films a user's folder holds, labels from the metadata torchxrayvision ships.
 
-    d = xrv.datasets.NIH_Dataset(imgpath=str(imgpath), views=list(views), unique_patients=False)
-    csv = d.csv
-    names = tuple(d.pathologies)
-    labels = np.asarray(d.labels, dtype=np.float32)
-    paths = [Path(imgpath) / f for f in csv["Image Index"]]
+    A partial folder is the normal case (a few of NIH's 12 archives): only the metadata rows whose
+    film is present are used (`cxr.nih.match_nih_folder` says how many); a folder that matches none
+    raises `InvalidInput`. Labels are NIH's 14 in `NIH_PATHOLOGIES` order.
+    """
+    import logging
+
+    from cxr.nih import load_nih_metadata, match_nih_folder
+    from cxr.spec import NIH_PATHOLOGIES
+
+    meta = load_nih_metadata()
+    match = match_nih_folder(imgpath, meta, tuple(views))
+    logging.getLogger(__name__).info("nih: %s", match.describe())
+    rows = match.rows
     return CXRDataset(
         name="nih",
         resolution=resolution,
-        label_names=names,
-        labels=labels,
-        image_ids=tuple(str(x) for x in csv["Image Index"]),
-        patient_ids=tuple(str(x) for x in csv["Patient ID"]),
-        sites=("nih",) * len(csv),
-        views=tuple(str(v) for v in csv["View Position"]),
+        label_names=NIH_PATHOLOGIES,
+        labels=meta.labels[rows].astype(np.float32),
+        image_ids=tuple(str(x) for x in meta.image_index[rows]),
+        patient_ids=tuple(str(x) for x in meta.patient_id[rows]),
+        sites=("nih",) * len(rows),
+        views=tuple("AP" if ap else "PA" for ap in meta.view_ap[rows]),
         provenance={"kind": "nih", "views": list(views)},
-        loader=_file_loader(paths, resolution),
+        loader=_file_loader(match.paths, resolution),
     )
-
 
 
 def concat_datasets(parts: Sequence[CXRDataset], name: str) -> CXRDataset:

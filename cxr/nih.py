@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.errors import NotFound
+from cxr.errors import InvalidInput, NotFound
 from cxr.spec import NIH_PATHOLOGIES
 
 #: BBox_List spells Infiltration "Infiltrate".
@@ -83,3 +83,52 @@ def load_nih_metadata(data_dir: str | None = None) -> NIHMetadata:
         boxes=boxes,
         boxes_by_image=by_image,
     )
+
+
+@dataclass(frozen=True)
+class NIHFolder:
+    """The films of NIH's metadata that a user's folder holds (most users hold a few of the 12 archives)."""
+
+    folder: Path
+    rows: np.ndarray  # metadata row indices of the films found, in metadata order
+    paths: tuple[Path, ...]  # one per row
+    files_seen: int  # PNG files looked at (some may be no NIH film)
+    metadata_rows: int  # rows of the shipped metadata (112,120)
+
+    def describe(self) -> str:
+        return (f"{len(self.rows):,} of the metadata's {self.metadata_rows:,} rows matched a film in "
+                f"{self.folder} ({self.files_seen:,} PNG files seen)")
+
+
+def _candidate_dirs(folder: Path) -> list[Path]:
+    """Where NIH's films may lie: the folder, its `images/`, and each extracted archive's `images_NNN/images/`."""
+    dirs = [folder, folder / "images"]
+    dirs += sorted(d / "images" for d in folder.glob("images_*") if d.is_dir())
+    dirs += sorted(d for d in folder.glob("images_*") if d.is_dir())
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def match_nih_folder(folder: str | Path, meta: NIHMetadata | None = None,
+                     views: tuple[str, ...] = ("PA", "AP")) -> NIHFolder:
+    """Find which rows of NIH's metadata have their film in `folder` (and its NIH sub-folders).
+
+    Raises `NotFound` for a missing folder and `InvalidInput` when no film matches a row:
+    nothing to read is a user error, not an empty data set.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise NotFound("NIH image folder does not exist", field=str(root))
+    meta = meta or load_nih_metadata()
+    found: dict[str, Path] = {}
+    for d in _candidate_dirs(root):
+        for f in d.iterdir():
+            if f.suffix.lower() == ".png" and f.name not in found and f.is_file():
+                found[f.name] = f
+    want_ap, want_pa = "AP" in views, "PA" in views
+    keep = np.array([name in found for name in meta.image_index]) & np.where(meta.view_ap, want_ap, want_pa)
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise InvalidInput(
+            f"no film of NIH ChestX-ray14's metadata found ({len(found)} PNG files in the folder, its images/ "
+            "and images_*/images/; NIH names them like 00000001_000.png)", field=str(root))
+    return NIHFolder(root, rows, tuple(found[meta.image_index[r]] for r in rows), len(found), len(meta))

@@ -3,9 +3,11 @@
     phantom:SITE              the phantom (site-a, site-b, site-c); --split and --n choose rows
     folder:DIR                PNG/JPEG under DIR, labels in DIR/labels.csv
     folder:DIR:CSV            ... labels in CSV
-    nih:DIR                   torchxrayvision's NIH_Dataset over the images in DIR
+    nih:DIR                   the NIH ChestX-ray14 films present in DIR (or DIR/images, DIR/images_*/images),
+                              labels from the metadata torchxrayvision ships; a partial folder is fine
 
-For non-phantom sources the split is made by patient (`split_by_patient`).
+For non-phantom sources the split is made by patient (`split_by_patient`); split "all" takes every
+row of a folder or NIH source (e.g. for label statistics).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from cxr.errors import InvalidInput
 from cxr.phantom import SPLITS, PhantomConfig
 
 HELP = "phantom:SITE | folder:DIR[:CSV] | nih:DIR"
+#: the split name for every row of a folder or NIH source
+ALL = "all"
 
 
 def open_source(
@@ -31,8 +35,9 @@ def open_source(
 ) -> CXRDataset:
     """Open `source` and return the rows of `split` (at most `n` of them)."""
     kind, _, rest = source.partition(":")
-    if split not in SPLITS:
-        raise InvalidInput(f"unknown split {split!r}; choose one of {list(SPLITS)}", field="split")
+    if split not in SPLITS and not (split == ALL and kind in ("folder", "nih")):
+        extra = f" (or {ALL!r} for folder and nih sources)" if kind != "phantom" else ""
+        raise InvalidInput(f"unknown split {split!r}; choose one of {list(SPLITS)}{extra}", field="split")
     if kind == "phantom":
         return phantom_dataset(
             PhantomConfig(site=rest or "site-a", split=split, n=n or 1000, resolution=resolution, seed=seed),
@@ -50,7 +55,7 @@ def open_source(
     else:
         raise InvalidInput(f"unknown source {source!r}; expected {HELP}", field="source")
     fractions = {"train": 0.55, "calibration": 0.15, "evaluation": 0.15, "feedback": 0.15}
-    part = split_by_patient(ds, fractions, seed)[split]
+    part = ds if split == ALL else split_by_patient(ds, fractions, seed)[split]
     return part.subset(range(min(n, len(part)))) if n else part
 
 

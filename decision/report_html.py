@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from cxr.files import atomic_write
-from decision.report_plots import auroc_plots, ksweep_plot, lineage_plot, production_chain
+from decision.report_plots import (
+    auroc_history_plot,
+    auroc_plots,
+    ksweep_plot,
+    lineage_plot,
+    production_chain,
+    treatment_plot,
+)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#263238}
@@ -124,8 +131,10 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
     """Write the report for `export` to `out_path` and return it.
 
     `extra` may hold `timings` (name → seconds), `acceptance` (the demo's final checks),
-    `summary_lines` (free text lines shown under the title) and `case_figures` ((caption, PNG)
-    pairs: Grad-CAM grids of a report's cases, from `decision.case_maps`).
+    `summary_lines` (free text lines shown under the title), `case_figures` ((caption, PNG)
+    pairs: Grad-CAM grids of a report's cases, from `decision.case_maps`) and `channel_figures`
+    ((caption, PNG, …) tuples: label exclusivity and polarized channels, from
+    `decision.report_paper.channel_figures`).
     """
     extra = extra or {}
     audit = export.get("audit_verification") or {}
@@ -148,6 +157,24 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
     body += [_img(png, f"AUROC per pathology on {name}", f"auroc-{i}") for i, (name, png) in enumerate(plots)]
     if not plots:
         body.append("<p class='muted'>no evaluations yet</p>")
+    history = auroc_history_plot(export)
+    body.append("<h2>Version AUROC history</h2>" + (_img(history, "AUROC history across versions", "auroc-history")
+                                                    if history else "<p class='muted'>no evaluations yet</p>"))
+    treatments = treatment_plot(export)
+    body.append("<h2>Per-pathology treatment recommendations</h2><p class='muted'>For each decision, the planner's "
+                "ladder (cheapest expected cost ÷ p(success) first) and what became of each rung.</p>"
+                + (_img(treatments, "treatment recommendations per pathology", "treatments") if treatments
+                   else "<p class='muted'>no decision yet</p>"))
+    if extra.get("channel_figures") is not None:
+        body.append("<h2>Label exclusivity and polarized channels</h2><p class='muted'>Channels that vote for one "
+                    "pathology and against another, classified by the pair's Jaccard in NIH's labels: Perfect "
+                    "(J = 0), Legitimate (J &lt; 0.1), Mixed (J &lt; 0.3), Conflict (J ≥ 0.3). Mostly exclusive "
+                    "pairs means bipolar axes, not confusion.</p>")
+        figs = extra["channel_figures"]
+        body += [f"<figure>{_img(fig[1], fig[0], f'channels-{i}')}<figcaption>{_e(fig[0])}</figcaption></figure>"
+                 for i, fig in enumerate(figs)]
+        if not figs:
+            body.append("<p class='muted'>no production version to analyse</p>")
     body.append("<h2>Surgery K-sweep</h2>")
     sweep = ksweep_plot(export)
     body.append(_img(sweep, "surgery K-sweep", "k-sweep") if sweep else
