@@ -32,7 +32,7 @@ import numpy as np
 
 from cxr.errors import InvalidInput
 from cxr.nih import NIHMetadata, load_nih_metadata
-from cxr.phantom_render import PATHOLOGY_ORDER, SITES, Anatomy, detector, draw_anatomy
+from cxr.phantom_render import PATHOLOGY_ORDER, SITES, Anatomy, SiteProfile, detector, draw_anatomy
 from cxr.phantom_signs import adjust_anatomy, draw_signs
 from cxr.spec import NIH_PATHOLOGIES, XRV_PATHOLOGIES
 
@@ -42,6 +42,28 @@ Split = Literal["train", "calibration", "evaluation", "feedback"]
 #: share of patients per site, and per split within a site
 _SITE_SHARE = {"site-a": 0.5, "site-b": 0.35, "site-c": 0.15}
 _SPLIT_SHARE = {"train": 0.55, "calibration": 0.15, "evaluation": 0.15, "feedback": 0.15}
+#: Sites that film another site's patients (its catchment) on other equipment: name → (whose patients, look).
+#: They are not in `phantom_render.SITES`, whose sites never share a patient. `site-d` reads site-c's
+#: district catchment on a new detector exported through a badly set look-up table — gamma 2.5 on the
+#: contrast curve, which crushes the lung fields into the dark end (noise and blur as at site-a). Its
+#: patients and views are site-c's (a third AP), so its shift is input-level only: the report that a
+#: head-level treatment cannot fix and re-training the first dense block can
+#: (`tests/e2e/test_early_block.py`). Sites c and d share patients: never pool them as one population.
+SHARED_CATCHMENT: dict[str, tuple[str, SiteProfile]] = {
+    "site-d": ("site-c", SiteProfile("site-d", 0.35, 2.5, 1.0, 0.0, 0.020, 0.0, 0)),
+}
+
+
+def site_profile(site: str) -> SiteProfile:
+    """How `site`'s films look (`phantom_render.SITES`, else `SHARED_CATCHMENT`)."""
+    return SITES[site] if site in SITES else SHARED_CATCHMENT[site][1]
+
+
+def _site_index(site: str) -> int:
+    """The site's place in the random streams (the sites of `SITES` first, so their films never change)."""
+    return [*SITES, *SHARED_CATCHMENT].index(site)
+
+
 #: pathologies whose lesion boxes come from NIH's BBox_List
 BOXED = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax")
 
@@ -59,8 +81,9 @@ class PhantomConfig:
     missing_sign_rate: float = 0.10
 
     def __post_init__(self) -> None:
-        if self.site not in SITES:
-            raise InvalidInput(f"unknown site {self.site!r}; choose one of {sorted(SITES)}", field="site")
+        if self.site not in SITES and self.site not in SHARED_CATCHMENT:
+            raise InvalidInput(f"unknown site {self.site!r}; choose one of {sorted([*SITES, *SHARED_CATCHMENT])}",
+                               field="site")
         if self.split not in SPLITS:
             raise InvalidInput(f"unknown split {self.split!r}; choose one of {list(SPLITS)}", field="split")
         if not 1 <= self.n <= 200_000:
@@ -71,7 +94,10 @@ class PhantomConfig:
             raise InvalidInput("must be in [0, 1)", field="missing_sign_rate")
 
     def key(self) -> str:
-        text = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        """The cache key of these films: generator, config, and the site's look when it was revised."""
+        rev = site_profile(self.site).revision
+        text = json.dumps({"generator": GENERATOR_VERSION, **asdict(self), **({"look": rev} if rev > 1 else {})},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -116,10 +142,11 @@ def select_rows(meta: NIHMetadata, cfg: PhantomConfig) -> np.ndarray:
     if cfg.seed not in _ASSIGN_CACHE:
         _ASSIGN_CACHE[cfg.seed] = patient_assignment(meta, cfg.seed)
     site_idx, split_idx = _ASSIGN_CACHE[cfg.seed]
-    pool = np.flatnonzero((site_idx == list(_SITE_SHARE).index(cfg.site)) & (split_idx == SPLITS.index(cfg.split)))
-    rng = np.random.default_rng([cfg.seed, list(SITES).index(cfg.site), SPLITS.index(cfg.split), 7])
+    patients_of = SHARED_CATCHMENT[cfg.site][0] if cfg.site in SHARED_CATCHMENT else cfg.site
+    pool = np.flatnonzero((site_idx == list(_SITE_SHARE).index(patients_of)) & (split_idx == SPLITS.index(cfg.split)))
+    rng = np.random.default_rng([cfg.seed, _site_index(cfg.site), SPLITS.index(cfg.split), 7])
     ap, pa = rng.permutation(pool[meta.view_ap[pool]]), rng.permutation(pool[~meta.view_ap[pool]])
-    n_ap = round(cfg.n * SITES[cfg.site].ap_fraction)
+    n_ap = round(cfg.n * site_profile(cfg.site).ap_fraction)
     n_pa = cfg.n - n_ap
     if n_ap > len(ap) or n_pa > len(pa):
         raise InvalidInput(
@@ -134,8 +161,8 @@ def select_rows(meta: NIHMetadata, cfg: PhantomConfig) -> np.ndarray:
 
 def render_row(meta: NIHMetadata, row: int, cfg: PhantomConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one NIH row as a phantom film: (uint8 image, 14 labels, 14 drawn signs)."""
-    site = SITES[cfg.site]
-    rng = np.random.default_rng([cfg.seed, int(row), list(SITES).index(cfg.site), 11])
+    site = site_profile(cfg.site)
+    rng = np.random.default_rng([cfg.seed, int(row), _site_index(cfg.site), 11])
     labels = meta.labels[row].astype(np.float32)
     male, age, ap = bool(meta.male[row]), int(meta.age[row]), bool(meta.view_ap[row])
     size = rng.normal(1.0, 0.035) + (0.03 if male else -0.02)

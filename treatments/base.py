@@ -76,6 +76,7 @@ class PlanningContext:
     thresholds: dict[str, float | None]
     params: dict[str, Any]
     calibration_cases: int  # labelled calibration cases available at the report's site
+    diagnosis: dict[str, Any] | None = None  # the shift diagnosis (`ShiftDiagnosis.as_dict()`), when known
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,12 @@ class TreatmentContext:
     #: "train" and "calibration" (the latter includes the site's labelled feedback)
     load_state: Callable[[], dict] | None = None
     image_data: dict[str, CXRDataset] | None = None
+    #: footprint treatments: (spec, state) of the version the parent was adapted from, when it differs
+    #: (structured pruning's dual-intervention importance: zeroing a channel vs resetting it to this)
+    load_reference: Callable[[], tuple[ArchSpec, dict]] | None = None
+    #: where the site's shift lives (`cxr.shift.ShiftDiagnosis.as_dict()`), when the engine computed it
+    #: before a backbone treatment: its "blocks" tell F re-optimization which dense block to tune
+    diagnosis: dict[str, Any] | None = None
 
     @property
     def target_index(self) -> int:
@@ -157,6 +164,10 @@ class TreatmentResult:
     head_bias: np.ndarray | None = None
     #: backbone-level treatments: replacement tensors by state-dict name
     state_updates: dict[str, Any] | None = None
+    #: footprint treatments: a new architecture (pruned, compressed, float16, int8) and its *full* state,
+    #: which replace the parent's; head_weight / head_bias / state_updates then apply on top of it
+    spec: ArchSpec | None = None
+    state: dict[str, Any] | None = None
     trainable_parameters: int = 0
     notes: str = ""
     artifacts: dict[str, Any] = field(default_factory=dict)

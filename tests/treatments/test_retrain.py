@@ -44,7 +44,8 @@ def test_block_split_reproduces_the_forward_pass(world):
 
 def test_f_reoptimization_changes_only_the_tail(world):
     ctx, model, _ = world
-    res = FReoptimization().apply(ctx.__class__(**{**ctx.__dict__, "params": {"epochs": 2}}))
+    params = {"epochs": 2, "block": 4, "tune": "block+head", "second_block": False}  # the last block, its head
+    res = FReoptimization().apply(ctx.__class__(**{**ctx.__dict__, "params": params}))
     assert set(res.state_updates) == set(tail_parameter_names(model, 4))
     assert not any(k.startswith("features.denseblock3") for k in res.state_updates)
     assert res.trainable_parameters > ctx.spec.num_features * ctx.spec.num_classes
@@ -59,3 +60,11 @@ def test_retrains_fine_tune_every_weight_from_the_parent(world, treatment):
     changed = [k for k, v in res.state_updates.items() if not torch.equal(v, model.state_dict()[k])]
     assert any(k.startswith("features.conv0") for k in changed)
     assert res.thresholds["Effusion"] is not None
+
+
+def test_a_tail_from_the_stem_reproduces_the_forward_pass(world):
+    _, model, tr = world
+    x = tr.images(np.arange(8))
+    assert np.array_equal(block_inputs(model, tr.subset(np.arange(8)), 1, stem=True), x)  # the pixels themselves
+    with torch.no_grad():
+        assert torch.allclose(Tail(model, 1, stem=True)(torch.from_numpy(x)), model(torch.from_numpy(x)), atol=1e-5)
