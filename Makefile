@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS ?= -q
 
-.PHONY: demo test lint install bench browser clean-venv
+.PHONY: demo test lint install bench browser clean-venv mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f --quick || exit 1; done
+
+# Mutation testing of the safety layer's statistics (decision/gate.py, evaluate.py, monitor.py,
+# cxr/thresholds.py; configured in [tool.mutmut] of pyproject.toml). Not part of `make test`: it takes
+# tens of minutes on 2 cores. mutants/ keeps the mutated copy and the results, so a rerun tests only
+# the functions that changed. The last command lists every mutant not killed; `$(BIN)/mutmut show NAME`
+# prints one's diff. MUTATE_JOBS sets the number of parallel workers.
+MUTATE_JOBS ?= 2
+mutate: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS)
+	$(BIN)/mutmut results
 
 clean-venv:
 	rm -rf $(VENV)

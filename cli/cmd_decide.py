@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
+from cli import lazy
 from cli.output import console, emit, esc, fmt_float
 from cxr.errors import InvalidInput
-from decision.engine import DecisionOutcome, Engine, ReportPlan, history
-from decision.planner import empirical_cost_matrix
-from policies import load_policy, policy_digest, validate_policy_file
-from registry import repo
 from registry.entities import DecisionStatus, RunOutcome
-from registry.session import session_scope
-from registry.settings import get_settings
+
+if TYPE_CHECKING:  # the engine imports torch: only the commands that treat load it
+    from decision.engine import DecisionOutcome, ReportPlan
+
+# Imported when a command first uses them (SQLAlchemy, pydantic): `decide --help` needs none of them.
+history = lazy.function("decision.past_runs", "history")
+empirical_cost_matrix = lazy.function("decision.planner", "empirical_cost_matrix")
+load_policy = lazy.function("policies", "load_policy")
+policy_digest = lazy.function("policies", "policy_digest")
+validate_policy_file = lazy.function("policies", "validate_policy_file")
+repo = lazy.module("registry.repo")
+session_scope = lazy.function("registry.session", "session_scope")
+get_settings = lazy.function("registry.settings", "get_settings")
 
 JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of tables.")
 POLICY_OPT = typer.Option(None, "--policy", help="Policy TOML (default: $DECIDE_POLICY, else the bundled default).")
@@ -84,6 +93,8 @@ def _render_plan(rp: ReportPlan) -> None:
 
 def plan_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
     """What the engine would do for each open report, and why. Nothing is claimed, run or written."""
+    from decision.engine import Engine
+
     plans = Engine.from_settings(policy).plan_open()
     data = [_plan_json(rp) for rp in plans]
 
@@ -126,6 +137,9 @@ def run_cmd(
         None, "--max-cost", help="Do not run a treatment whose expected cost exceeds this: it awaits approval."
     ),
     limit: int = typer.Option(10, help="Claim at most this many open reports."),
+    take_over: bool = typer.Option(
+        False, "--take-over", help="Reclaim at once the work of runs whose heartbeat stopped (two missed beats); "
+        "a run that beat recently is alive and is left alone."),
     policy: Path | None = POLICY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -133,8 +147,12 @@ def run_cmd(
 
     Treatments the policy marks for approval, or above --max-cost, stop the ladder in
     `awaiting_approval`: `decide approve DECISION --reason …` lets the next run continue.
+    A run whose process died (no heartbeat for DECIDE_STALE_SECONDS, default 90 s) is taken over by
+    the next `decide run`, or at once with --take-over; runs still running are listed with when.
     Exit 1 if a decision ended with every treatment rejected or failed.
     """
+    from decision.engine import Engine
+
     engine = Engine.from_settings(policy)
     if not yes:
         plans = engine.plan_open()
@@ -144,15 +162,26 @@ def run_cmd(
             _render_plan(rp)
         if not typer.confirm(f"treat {min(len(plans), limit)} open report(s)?", default=False):
             raise typer.Exit(0)
-    summary = engine.run_pass(max_cost=max_cost, limit=limit)
+    summary = engine.run_pass(max_cost=max_cost, limit=limit, take_over=take_over)
     data = {"worker": summary.worker, "abandoned_runs": summary.abandoned_runs,
-            "released_claims": summary.released_claims, "decisions": [_outcome_json(d) for d in summary.decisions]}
+            "released_claims": summary.released_claims, "decisions": [_outcome_json(d) for d in summary.decisions],
+            "running": [r.__dict__ for r in summary.live_runs], "refused_takeover": summary.refused_takeover,
+            "settled_decisions": summary.settled_decisions}
 
     def render() -> None:
         if summary.abandoned_runs:
-            console.print(f"[yellow]marked abandoned:[/] runs {summary.abandoned_runs}")
+            console.print(f"[yellow]taken over (no heartbeat):[/] runs {summary.abandoned_runs}; their reports were "
+                          "planned again")
+        if summary.settled_decisions:
+            console.print(f"[yellow]finished (a dead process left them between two steps):[/] decisions "
+                          f"{summary.settled_decisions}")
+        for run_id in summary.refused_takeover:
+            console.print(f"run {run_id} is alive (it beat within the last two heartbeats): not taken over")
+        for r in summary.live_runs:
+            console.print(_live_line(r.run_id, r.decision_id, r.treatment, r.heartbeat_age_s, r.takeover_in_s))
         if not summary.decisions:
-            console.print("nothing to do: no open reports, no approved decisions")
+            console.print("nothing to do: no open reports, no approved decisions"
+                          + (" (see the running decisions above)" if summary.live_runs else ""))
         for d in summary.decisions:
             _render_outcome(d)
 
@@ -161,11 +190,23 @@ def run_cmd(
         raise typer.Exit(1)
 
 
+def _live_line(run_id: int, decision_id: int | None, treatment: str, age: float, takeover_in: float) -> str:
+    when = (f"taken over by the next `decide run` in {takeover_in:.0f} s unless it beats again"
+            if takeover_in > 0 else "taken over by the next `decide run`")
+    return (f"decision {decision_id}: run {run_id} ({treatment}) is running; last heartbeat {age:.0f} s ago — "
+            f"{when} (`decide run --take-over` now, if its process is gone)")
+
+
 def _verdict_cmd(decision: int, reason: str, approve: bool, as_json: bool) -> None:
     if not reason.strip():
         raise InvalidInput("a reason is required", field="--reason")
+    # Four-eyes follows the policy in force (DECIDE_POLICY, else the bundled one), never a flag of this command.
+    four_eyes = load_policy(get_settings().policy).approvals.four_eyes
     with session_scope() as s:
-        d = (repo.approve_decision if approve else repo.reject_decision)(s, decision, reason=reason)
+        if approve:
+            d = repo.approve_decision(s, decision, reason=reason, four_eyes=four_eyes)
+        else:
+            d = repo.reject_decision(s, decision, reason=reason)
     out = {"decision_id": d.id, "status": d.status.value, "chosen": d.chosen}
     verb = "approved" if approve else "rejected"
     emit(out, as_json, lambda: console.print(f"decision {d.id} {verb}: {d.status.value}"
@@ -175,7 +216,13 @@ def _verdict_cmd(decision: int, reason: str, approve: bool, as_json: bool) -> No
 def approve_cmd(decision: int = typer.Argument(..., help="Decision id (see `decide run` or `decide export`)."),
                 reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit trail)."),
                 as_json: bool = JSON_OPT) -> None:
-    """Approve a decision awaiting approval: its next treatment runs on the next `decide run`."""
+    """Approve a decision awaiting approval: its next treatment runs on the next `decide run`.
+
+    Four-eyes: whoever created the decision ($DECIDE_ACTOR, else the OS user)
+    may not approve it (exit 2; the refusal is recorded in the audit trail)
+    unless the policy sets approvals.four_eyes = false. Example:
+    DECIDE_ACTOR=dr.lee decide approve 7 --reason "reviewed with the site lead"
+    """
     _verdict_cmd(decision, reason, True, as_json)
 
 
@@ -192,13 +239,26 @@ def decisions_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Decisions with their chosen treatment and status, newest first."""
+    from datetime import UTC, datetime
+
     with session_scope(read_only=True) as s:
         rows = list(reversed(repo.list_decisions(s, status=status)))
+        running = {r.decision_id: r for r in repo.running_runs(s)}
     if ids:
         sys.stdout.write("".join(f"{d.id}\n" for d in rows))
         return
+    now, stale = datetime.now(UTC), get_settings().stale_seconds
+
+    def heartbeat(d) -> dict | None:
+        r = running.get(d.id)
+        if r is None:
+            return None
+        age = (now - r.heartbeat_at).total_seconds()
+        return {"run_id": r.id, "treatment": r.treatment, "heartbeat_age_s": round(age, 1),
+                "takeover_in_s": round(max(0.0, stale - age), 1)}
+
     data = [{"id": d.id, "reports": d.report_ids, "status": d.status.value, "chosen": d.chosen,
-             "rationale": d.rationale, "updated_at": d.updated_at} for d in rows]
+             "rationale": d.rationale, "updated_at": d.updated_at, "running": heartbeat(d)} for d in rows]
 
     def render() -> None:
         t = Table(title=f"{len(rows)} decision(s)")
@@ -208,26 +268,50 @@ def decisions_cmd(
             t.add_row(str(d.id), ", ".join(map(str, d.report_ids)), d.status.value, d.chosen or "—",
                       d.updated_at.strftime("%Y-%m-%d %H:%M"))
         console.print(t)
+        for d in rows:
+            if (hb := heartbeat(d)) is not None:
+                console.print(_live_line(hb["run_id"], d.id, hb["treatment"], hb["heartbeat_age_s"],
+                                         hb["takeover_in_s"]))
 
     emit(data, as_json, render)
 
 
 def costs_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
-    """The empirical cost matrix: each treatment's prior cost vs what its runs measured, and p(success)."""
+    """The empirical cost matrix — each treatment's prior cost vs what its runs measured, and p(success) — and
+    the ladder: per rung and issue kind, how often it was tried and accepted, and why it was rejected (the
+    failing gate checks, counted)."""
+    from decision.ladder import ladder_stats
+
     p = load_policy(policy or get_settings().policy)
     with session_scope(read_only=True) as s:
         rows = empirical_cost_matrix(history(s), p)
-    data = [r.__dict__ for r in rows]
+        ladder = ladder_stats(repo.run_history(s), repo.run_kinds(s))
+    by_treatment: dict[str, dict] = {}
+    for r in ladder:
+        by_treatment.setdefault(r.treatment, {})[r.kind] = {
+            "tried": r.tried, "accepted": r.accepted, "held": r.held, "rejected": r.rejected, "failed": r.failed,
+            "site_scoped": r.site_scoped, "reasons": dict(r.top_reasons(10))}
+    data = [r.__dict__ | {"ladder": by_treatment.get(r.treatment, {})} for r in rows]
 
     def render() -> None:
         t = Table(title="empirical cost matrix (prior blended with measured runs)")
         for c in ("treatment", "prior", "measured", "blended", "runs", "mean wall s", "p(success) by kind"):
-            t.add_column(c)
+            t.add_column(c, overflow="fold")
         for r in rows:
             t.add_row(r.treatment, fmt_float(r.prior_cost, 1), fmt_float(r.measured_cost, 2),
                       fmt_float(r.blended_cost, 2), str(r.n_runs), fmt_float(r.mean_wall_seconds, 2),
                       ", ".join(f"{k} {v:.2f}" for k, v in r.p_success_by_kind.items()))
         console.print(t)
+        if not ladder:
+            return
+        lt = Table(title="the ladder: what each rung came to")
+        for c in ("treatment", "kind", "tried", "accepted", "held", "rejected", "failed", "top rejection reasons"):
+            lt.add_column(c, overflow="fold")
+        for r in ladder:
+            acc = f"{r.accepted}" + (f" ({r.site_scoped} one site)" if r.site_scoped else "")
+            lt.add_row(r.treatment, r.kind, str(r.tried), acc, str(r.held), str(r.rejected), str(r.failed),
+                       esc("; ".join(f"{name} ×{n}" for name, n in r.top_reasons(3))))
+        console.print(lt)
 
     emit(data, as_json, render)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,19 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.tree import Tree
 
-from cli.output import console, emit, err_console, esc, fmt_float
-from decision.demo import DemoConfig, run_demo, summary_rows
-from policies import load_policy
+from cli import lazy
+from cli.output import console, emit, esc, fmt_float
+from cli.progress import step_reporter
+
+load_policy = lazy.function("policies", "load_policy")  # pydantic: imported when the demo runs
+get_settings = lazy.function("registry.settings", "get_settings")
 
 
 def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
     console.rule("[bold]cxr-decide demo")
     t = data["timings"]
-    console.print(f"home {data['home']}  ·  baseline {data['baseline']} → production [bold]{data['production']}[/]  ·  "
+    console.print(f"home {data['home']}  ·  registry {esc(data.get('database', ''))}  ·  "
+                  f"baseline {data['baseline']} → production [bold]{data['production']}[/]  ·  "
                   f"{'trained now' if data['trained_now'] else 'baseline reused from the home'}  ·  "
                   f"{t.get('total_s', 0):.1f}s (data {t.get('data_s', 0):.1f}s, train {t.get('train_s', 0):.1f}s, "
                   f"monitor+treat {t.get('monitor_and_treat_s', 0):.1f}s)")
@@ -49,7 +52,7 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
             res = "—" if run is None else run["outcome"]
             if run is not None and run["outcome"] != "accepted":
                 why = run["metrics"].get("gate", {}).get("summary") or run["error_text"]
-                res += f": {esc(why.removeprefix('rejected: ')[:110])}"
+                res += f": {esc(why.removeprefix('rejected: '))}"
             dt.add_row(str(c["rank"]), c["treatment"], fmt_float(c["expected_cost"], 2), fmt_float(c["p_success"], 2),
                        fmt_float(c["score"], 2), "needed" if c["needs_approval"] else "", res)
         console.print(dt)
@@ -90,9 +93,13 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
 
 
 def demo_cmd(
-    home: Path = typer.Option(Path(".decide-demo"), "--home", help="Demo home (registry, blobs, caches, report)."),
+    home: Path = typer.Option(Path(".decide-demo"), "--home",
+                              help="Demo home: blobs, caches, report.html, and the SQLite registry unless "
+                                   "$DECIDE_DATABASE_URL names another database."),
     epochs: int = typer.Option(5, help="Baseline training epochs."),
     n_train: int = typer.Option(8000, help="site-a training films."),
+    n_calibration: int = typer.Option(2000, min=100, help="site-a calibration films (operating points)."),
+    n_evaluation: int = typer.Option(2000, min=100, help="Held-out evaluation films, at site-a and at site-b each."),
     weeks: int = typer.Option(3, help="Weeks of site-b feedback to replay."),
     per_week: int = typer.Option(1000, help="Labelled site-b studies per week."),
     seed: int = typer.Option(0, help="Seed of data, weights and treatments."),
@@ -100,23 +107,31 @@ def demo_cmd(
 ) -> None:
     """Run the whole loop on the embedded phantom data: train at site-a, watch site-b, fix, prove, record.
 
-    No network, nothing else needed. The home keeps a SQLite registry, blobs, the phantom's pixels,
-    training checkpoints and features: run it again and it reuses them (and re-decides nothing).
+    No network, nothing else needed. The home keeps blobs, the phantom's pixels, training checkpoints,
+    features and (by default) a SQLite registry: run it again and it reuses them (and re-decides nothing).
+    With $DECIDE_DATABASE_URL set (e.g. postgresql+psycopg://user@host/db) the registry is that
+    database: versions, decisions and the audit trail go there; blobs stay in the home (keep both).
+    $DECIDE_POLICY, when set, is the policy the demo decides by (default: the bundled one).
     Open HOME/report.html for the plots; then try `decide --home HOME history`, `lineage`, `audit verify`.
     """
+    from sqlalchemy.engine import make_url
+
+    from decision.demo import DemoConfig, run_demo, summary_rows
+    from registry.session import database_url
+
     home = home.expanduser().resolve()
     os.environ["DECIDE_HOME"] = str(home)
-    os.environ.pop("DECIDE_DATABASE_URL", None)  # the demo's registry is its home's SQLite file
-    url = f"sqlite:///{home / 'registry.db'}"
-    cfg = DemoConfig(seed=seed, n_train=n_train, epochs=epochs, weeks=weeks, per_week=per_week)
-    t0 = time.perf_counter()
-
-    def progress(step: str, detail: str) -> None:
-        if not as_json:
-            err_console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] [bold]{step}[/] {esc(detail)}")
-
-    result = run_demo(home, url, load_policy(), cfg, progress=progress)
-    data = summary_rows(result)
+    url = database_url()  # $DECIDE_DATABASE_URL, else the home's registry.db
+    shown = make_url(url).render_as_string(hide_password=True)
+    cfg = DemoConfig(seed=seed, n_train=n_train, n_calibration=n_calibration, n_evaluation=n_evaluation,
+                     epochs=epochs, weeks=weeks, per_week=per_week)
+    policy_file = get_settings().policy  # $DECIDE_POLICY, else the bundled default
+    with step_reporter(enabled=not as_json) as say:
+        say("registry", shown + (" ($DECIDE_DATABASE_URL)" if os.environ.get("DECIDE_DATABASE_URL") else ""))
+        if policy_file is not None:
+            say("policy", f"{policy_file} ($DECIDE_POLICY)")
+        result = run_demo(home, url, load_policy(policy_file), cfg, progress=say)
+    data = summary_rows(result) | {"database": shown}
     emit(data, as_json, lambda: _render(data, result.export))
     acc = result.acceptance
     if not (acc["cardiomegaly_fpr_at_or_under_target"] and (result.export.get("audit_verification") or {}).get("ok")):

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli import lazy
 from cli.output import console, emit, err_console, fmt_float
-from decision.jobs import next_window_index
-from decision.scheduler import PassOutcome, Scheduler, cron_trigger, job_summary
-from registry import repo
-from registry.session import session_scope
-from registry.settings import get_settings
+
+if TYPE_CHECKING:  # the jobs and the scheduler import the engine (torch): loaded by the commands that run
+    from decision.scheduler import PassOutcome
+
+# Imported when a command first uses them (SQLAlchemy, pydantic): `decide --help` needs none of them.
+repo = lazy.module("registry.repo")
+session_scope = lazy.function("registry.session", "session_scope")
+get_settings = lazy.function("registry.settings", "get_settings")
 
 JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of tables.")
 POLICY_OPT = typer.Option(None, "--policy", help="Policy TOML (default: $DECIDE_POLICY, else the bundled default).")
@@ -46,7 +50,9 @@ monitor_app = typer.Typer(
 
 def _render_summary(data: dict[str, Any]) -> None:
     console.print(f"[bold]week {data['week']}[/] {data['window'][0][:10]} → {data['window'][1][:10]}: "
-                  f"{data['version']} on {data['dataset']}")
+                  f"{data['version']} on {data['dataset']}"
+                  + (f" — read {data['studies']:,} stud{'y' if data['studies'] == 1 else 'ies'}"
+                     if "studies" in data else ""))
     if data["breaches"]:
         t = Table(title="SLO breaches (whole 95% interval on the wrong side)")
         for c in ("pathology", "site", "breach", "recall", "FPR", "AUROC"):
@@ -94,13 +100,15 @@ def run_cmd(
     rejected or failed (as `decide run`).
     """
     from decision.engine import Engine
-    from decision.jobs import monitor_pass
+    from decision.jobs import monitor_pass, next_window_index
+    from decision.scheduler import job_summary
 
     index = week - 1 if week is not None else next_window_index(source, site)
     engine = Engine.from_settings(policy)
     result = monitor_pass(engine, model, source, site, index=index, per_window=per_window, max_cost=max_cost,
                           treat=not no_treat, stale_after=timedelta(seconds=get_settings().stale_seconds))
     data = job_summary(result)
+    data["studies"] = result.monitor.dataset.size  # how many labelled studies this pass read
     emit(data, as_json, lambda: _render_summary(data))
     if any(d["status"] == "exhausted" and d["runs"] for d in data["decisions"]):
         raise typer.Exit(1)
@@ -144,6 +152,7 @@ def schedule_cmd(
     Example: decide monitor schedule --cron "0 6 * * 1" --source phantom:site-b --site site-b
     """
     from decision.jobs import feedback_source
+    from decision.scheduler import Scheduler, cron_trigger
 
     trigger = cron_trigger(cron)
     feedback_source(source, site, 0, per_window, 32)  # refuses an unknown source kind now, not at the first fire
@@ -162,6 +171,8 @@ def schedule_cmd(
 
 def schedules_cmd(as_json: bool = JSON_OPT) -> None:
     """The stored schedules, their next fire time and their latest pass."""
+    from decision.scheduler import cron_trigger
+
     now = datetime.now(UTC)
     with session_scope(read_only=True) as s:
         rows = []

@@ -10,6 +10,7 @@ run `decide db upgrade`" otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import asdict
@@ -18,14 +19,23 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from cli import lazy
 from cli.output import console, emit, error_line, esc, fmt_float, to_json
-from decision import registration, reports
-from registry import audit, repo
 from registry.entities import ReportStatus
-from registry.export import export_all
-from registry.session import current_revision, database_url, downgrade, head_revision, init_registry, session_scope
-from registry.session import upgrade as db_upgrade
-from registry.settings import get_settings
+
+# Imported when a command first uses them (SQLAlchemy, pydantic): `decide --help` needs none of them.
+reports = lazy.module("decision.reports")
+audit = lazy.module("registry.audit")
+repo = lazy.module("registry.repo")
+export_all = lazy.function("registry.export", "export_all")
+current_revision = lazy.function("registry.session", "current_revision")
+database_url = lazy.function("registry.session", "database_url")
+downgrade = lazy.function("registry.session", "downgrade")
+head_revision = lazy.function("registry.session", "head_revision")
+init_registry = lazy.function("registry.session", "init_registry")
+session_scope = lazy.function("registry.session", "session_scope")
+db_upgrade = lazy.function("registry.session", "upgrade")
+get_settings = lazy.function("registry.settings", "get_settings")
 
 NEEDS_DB = "Needs a registry (`decide init`) at the current schema (`decide db upgrade`)."
 JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table.")
@@ -82,6 +92,29 @@ def db_current_cmd(as_json: bool = JSON_OPT) -> None:
     ))
 
 
+def db_grant_auditor_cmd(
+    role: str = typer.Argument(..., help="Role name: lower-case letters, digits and _ (created if missing)."),
+    login: bool = typer.Option(True, "--login/--no-login",
+                               help="May log in (default), or a group role to grant to people's own roles."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """PostgreSQL: make ROLE a read-only auditor (SELECT on the registry tables only).
+
+    No INSERT, UPDATE, DELETE, TRUNCATE or sequence use; its transactions are
+    read-only by default; tables that later migrations add are granted too.
+    Run it as the role that owns the registry; running it again is harmless.
+    Set a password with ALTER ROLE … PASSWORD in psql. Then the auditor runs:
+    DECIDE_DATABASE_URL=postgresql+psycopg://ROLE@host/db decide audit verify
+    """
+    from registry.roles import grant_auditor
+
+    g = grant_auditor(role, login=login)
+    out = asdict(g)
+    emit(out, as_json, lambda: console.print(
+        f"role {g.role} {'created' if g.created else 'updated'}: SELECT only on {len(g.tables)} registry tables "
+        f"of {g.database} (schema {g.schema}), read-only transactions by default"))
+
+
 @_needs_db
 def register_cmd(
     model_file: Path = typer.Argument(..., help="A .safetensors weights file (verified before it is stored)."),
@@ -95,6 +128,8 @@ def register_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Register a trained or imported model file as a new version (blob stored by sha256)."""
+    from decision import registration  # torch: only this command needs it
+
     thr = registration.load_thresholds(thresholds) if thresholds is not None else None
     with session_scope() as s:
         v = registration.register_weights_file(s, model_file, model, parent=parent, thresholds=thr,
@@ -115,10 +150,13 @@ def _version_json(v) -> dict:
 @_needs_db
 def ingest_cmd(file: Path = typer.Argument(..., help="Error reports, one JSON object per line."),
                as_json: bool = JSON_OPT) -> None:
-    """Validate and store error reports (all or nothing; re-ingesting a report is a no-op).
+    """Validate and store error reports (all or nothing; the same report again is a no-op).
 
-    One JSON object per line; `decide schema report` prints the schema. A bad line refuses the
-    whole file (exit 2, naming the line and field) and nothing is written.
+    One JSON object per line; `decide schema report` prints the schema. A bad
+    line refuses the whole file (exit 2, naming the line, the field and why)
+    and nothing is written. A report whose key (version, site, pathology,
+    kind, window) is stored with other content is refused too, naming the
+    stored report and the fields that differ.
     """
     parsed, numbers = reports.read_jsonl(file)  # validate the whole file before opening the database
     with session_scope() as s:
@@ -152,10 +190,17 @@ def reports_cmd(status: ReportStatus | None = typer.Option(None, "--status", hel
 
 
 @_needs_db
-def history_cmd(model: str | None = typer.Argument(None, help="Only this model."), as_json: bool = JSON_OPT) -> None:
-    """Versions, aliases and every alias move (who moved `production`, from which version, when, why)."""
+def history_cmd(model: str | None = typer.Argument(None, help="Only this model."),
+               site: str | None = typer.Option(None, "--site", help="Only the alias moves that affect this site: "
+                                               "its own (production@SITE) and the all-sites ones."),
+               as_json: bool = JSON_OPT) -> None:
+    """Versions, aliases (per site) and every alias move (who moved `production`, for which sites, from which
+    version, when, why)."""
     with session_scope(read_only=True) as s:
         h = repo.history(s, model)
+    if site:
+        h = dataclasses.replace(h, aliases=[a for a in h.aliases if a.site in ("", site)],
+                                moves=[m for m in h.moves if m.site in ("", site)])
 
     def render() -> None:
         t = Table(title="versions")
@@ -165,11 +210,13 @@ def history_cmd(model: str | None = typer.Argument(None, help="Only this model."
             t.add_row(v.ref, v.status.value, str(v.parent_id or "—"), v.weights_digest[:12], v.created_by,
                       f"{v.created_at:%Y-%m-%d %H:%M:%S}")
         console.print(t)
+        if h.aliases:
+            console.print("aliases: " + ", ".join(f"{a.model}@{a.label} → {a.model}:{a.version}" for a in h.aliases))
         m = Table(title="alias moves")
-        for c in ("when", "alias", "from", "to", "by", "reason"):
+        for c in ("when", "alias", "sites", "from", "to", "by", "reason"):
             m.add_column(c)
         for a in h.moves:
-            m.add_row(f"{a.at:%Y-%m-%d %H:%M:%S}", f"{a.model}@{a.alias}", str(a.from_version or "—"),
+            m.add_row(f"{a.at:%Y-%m-%d %H:%M:%S}", f"{a.model}@{a.alias}", a.site or "all", str(a.from_version or "—"),
                       str(a.to_version), esc(a.actor), esc(a.reason))
         console.print(m)
 
@@ -177,12 +224,18 @@ def history_cmd(model: str | None = typer.Argument(None, help="Only this model."
 
 
 @_needs_db
-def show_cmd(version: str = typer.Argument(..., help="NAME:N, NAME@alias or N."), as_json: bool = JSON_OPT) -> None:
-    """One version: spec, digests, thresholds, lineage links, evaluations."""
+def show_cmd(version: str = typer.Argument(..., help="NAME:N, NAME@alias, NAME@alias@SITE or N."),
+             site: str | None = typer.Option(None, "--site", help="Resolve aliases for this site and show the "
+                                             "operating points in force there."),
+             as_json: bool = JSON_OPT) -> None:
+    """One version: spec, digests, thresholds (default and per site), lineage links, evaluations."""
     with session_scope(read_only=True) as s:
-        v = repo.resolve_version(s, version)
+        v = repo.resolve_version(s, version, site=site)
         evals = repo.list_evaluations(s, v.id)
+    shown = v.thresholds_for(site)
     out = _version_json(v) | {"spec": json.loads(v.spec_json), "evaluations": audit.jsonable(evals)}
+    if site:
+        out["site"], out["thresholds_at_site"] = site, shown
     out.pop("spec_json", None)
 
     def render() -> None:
@@ -192,14 +245,16 @@ def show_cmd(version: str = typer.Argument(..., help="NAME:N, NAME@alias or N.")
         console.print(f"{v.parameter_count:,} parameters; code {v.code_version}; by {v.created_by} at "
                       f"{v.created_at:%Y-%m-%d %H:%M:%S} UTC; decision {v.decision_id or '—'}, run "
                       f"{v.treatment_run_id or '—'}")
-        t = Table(title="thresholds and evaluations")
+        for where, over in sorted(v.site_thresholds.items()):
+            console.print(f"operating points at {where}: " + ", ".join(f"{p} {fmt_float(t)}" for p, t in over.items()))
+        t = Table(title="thresholds" + (f" at {site}" if site else "") + " and evaluations")
         for c in ("pathology", "threshold", "dataset", "AUROC [95% CI]", "sens", "spec", "PPV", "F1", "n+/n−"):
             t.add_column(c)
         by_p = {e.pathology: e for e in evals}
         for p in v.pathologies:
             e = by_p.get(p)
             ci = f"{fmt_float(e.auroc)} [{fmt_float(e.auroc_lo)}, {fmt_float(e.auroc_hi)}]" if e else "—"
-            t.add_row(p, fmt_float(v.thresholds.get(p)), e.dataset if e else "—", ci,
+            t.add_row(p, fmt_float(shown.get(p)), e.dataset if e else "—", ci,
                       *(fmt_float(getattr(e, k)) if e else "—" for k in ("sensitivity", "specificity", "ppv", "f1")),
                       f"{e.n_pos}/{e.n_neg}" if e else "—")
         console.print(t)
@@ -262,11 +317,28 @@ def diff_cmd(v1: str = typer.Argument(..., help="From version."), v2: str = type
 @_needs_db
 def rollback_cmd(version: str = typer.Argument(..., help="The version to put back in production."),
                  reason: str = typer.Option(..., "--reason", help="Why (required; recorded)."),
+                 site: str | None = typer.Option(None, "--site", help="Move only this site's own alias "
+                                                 "(production@SITE); other sites keep theirs."),
                  as_json: bool = JSON_OPT) -> None:
-    """Move the `production` alias back to VERSION (recorded in alias history and the audit trail)."""
+    """Move the `production` alias (every site's, or one site's own with --site) back to VERSION (recorded in
+    alias history and the audit trail)."""
     with session_scope() as s:
-        a = repo.rollback(s, repo.resolve_version_id(s, version), reason=reason)
-    emit(a, as_json, lambda: console.print(f"{a.model}@{a.alias} → {a.model}:{a.version} ({esc(reason)})"))
+        a = repo.rollback(s, repo.resolve_version_id(s, version, site=site), reason=reason, site=site or "")
+    emit(a, as_json, lambda: console.print(f"{a.model}@{a.label} → {a.model}:{a.version} ({esc(reason)})"))
+
+
+@_needs_db
+def unpin_cmd(site: str = typer.Argument(..., help="The site whose own alias to remove."),
+              model: str = typer.Option("cxr", "--model", help="Model name."),
+              reason: str = typer.Option(..., "--reason", help="Why (required; recorded)."),
+              as_json: bool = JSON_OPT) -> None:
+    """Remove SITE's own `production@SITE` alias: the site follows `production` again (recorded)."""
+    with session_scope() as s:
+        repo.drop_site_alias(s, model, site, reason=reason)
+        now = repo.resolve_version(s, f"{model}@production", site=site)
+    out = {"model": model, "site": site, "serving": now.ref}
+    emit(out, as_json, lambda: console.print(f"{model}@production@{esc(site)} removed: {esc(site)} now runs "
+                                             f"{now.ref} ({esc(reason)})"))
 
 
 @_needs_db
@@ -306,13 +378,14 @@ def gc_cmd(apply: bool = typer.Option(False, "--apply", help="Delete them (defau
 def audit_verify_cmd(as_json: bool = JSON_OPT) -> None:
     """Recompute the audit chain; exit 1 naming the first broken event, 0 when intact."""
     with session_scope(read_only=True) as s:
-        res = audit.verify_chain(s)
+        res = audit.verify_all(s)
     if as_json:
         sys.stdout.write(to_json(res) + "\n")
     elif res.ok:
         console.print(f"audit chain intact: {res.checked} event(s)")
     if not res.ok:
-        error_line(f"audit chain broken at event seq {res.first_bad_seq}: {res.reason}")
+        where = f"at event seq {res.first_bad_seq}" if res.first_bad_seq is not None else "(the state it vouches for)"
+        error_line(f"audit chain broken {where}: {res.reason}")
         raise typer.Exit(1)
 
 
@@ -363,6 +436,7 @@ def register(app: typer.Typer) -> None:
     db_app.command("upgrade")(db_upgrade_cmd)
     db_app.command("downgrade")(db_downgrade_cmd)
     db_app.command("current")(db_current_cmd)
+    db_app.command("grant-auditor")(db_grant_auditor_cmd)
     app.add_typer(db_app, name="db")
     app.command("register")(register_cmd)
     app.command("ingest")(ingest_cmd)
@@ -372,6 +446,7 @@ def register(app: typer.Typer) -> None:
     app.command("lineage")(lineage_cmd)
     app.command("diff")(diff_cmd)
     app.command("rollback")(rollback_cmd)
+    app.command("unpin")(unpin_cmd)
     app.command("gc")(gc_cmd)
     audit_app.command("verify")(audit_verify_cmd)
     audit_app.command("log")(audit_log_cmd)

@@ -60,13 +60,14 @@ def test_run_without_a_terminal_needs_yes(tiny_home):
     assert "--yes" in res.output
 
 
-def test_approve_and_reject_need_a_reason_and_a_waiting_decision(tiny_home):
+def test_approve_and_reject_need_a_reason_and_a_waiting_decision(tiny_home, monkeypatch):
     _report(tiny_home.url)
     with session_scope(tiny_home.url) as s:
         rid = repo.list_reports(s)[0].id
         cand = [{"treatment": "augmentation_retrain", "applicable": True, "reason": "", "needs_approval": True}]
         d = repo.create_decision(s, [rid], "0" * 64, cand, "augmentation_retrain", "waits", "awaiting_approval")
     _run("approve", str(d.id), "--reason", " ", code=2)
+    monkeypatch.setenv("DECIDE_ACTOR", "radiology-lead")  # four-eyes: not who created the decision
     ok = json.loads(_run("approve", str(d.id), "--reason", "looked at it", "--json").stdout)
     assert ok["status"] == "planned"
     with session_scope(tiny_home.url) as s:

@@ -95,7 +95,7 @@ def test_register_refuses_bad_inputs(registry, weights, tmp_path):
 def _report(line_day: int, **kw) -> str:
     r = {"model": "cxr", "version": 1, "pathology": "Effusion", "kind": "false_positives", "metric": "fpr",
          "value": 0.3, "target": 0.1, "site": "site-b", "window_start": f"2026-01-{line_day:02d}T00:00:00Z",
-         "window_end": f"2026-01-{line_day:02d}T23:59:59Z", "counts": {"tp": 1, "fp": 9, "tn": 80, "fn": 2}}
+         "window_end": f"2026-01-{line_day:02d}T23:59:59Z", "counts": {"tp": 1, "fp": 27, "tn": 63, "fn": 2}}
     r.update(kw)
     return json.dumps(r)
 
