@@ -11,6 +11,11 @@ its pretrained weights load with `strict=True`. Two differences, on purpose:
 * dense layers listed in `spec.kept_channels` are built the way the
   compressed-CheXNet release builds them: `conv1` keeps fewer channels and has
   a bias, `norm2` is folded away (`nn.Identity`).
+
+Pruned models (`spec.growth_channels`, `spec.transition_channels`) keep the
+same module names with narrower tensors: a dense layer's `conv2` adds fewer
+channels, every later `norm1`/`conv1`, the transitions, `norm5` and the
+classifier read the narrower concatenation.
 """
 
 from __future__ import annotations
@@ -65,13 +70,14 @@ class CXRDenseNet(nn.Module):
             for i in range(1, layers + 1):
                 block.add_module(
                     f"denselayer{i}",
-                    _DenseLayer(n, spec.growth_rate, spec.bottleneck(b, i), spec.is_compressed_layer(b, i)),
+                    _DenseLayer(n, spec.growth(b, i), spec.bottleneck(b, i), spec.is_compressed_layer(b, i)),
                 )
-                n += spec.growth_rate
+                n += spec.growth(b, i)
             feats[f"denseblock{b}"] = block
             if b != len(spec.block_config):
-                feats[f"transition{b}"] = _Transition(n, n // 2)
-                n //= 2
+                out = spec.transition_out(b, n)
+                feats[f"transition{b}"] = _Transition(n, out)
+                n = out
         feats["norm5"] = nn.BatchNorm2d(n)
         self.features = nn.Sequential(feats)
         self.classifier = nn.Linear(n, spec.num_classes)

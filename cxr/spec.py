@@ -6,6 +6,14 @@ full DenseNet121 of torchxrayvision (6,966,034 parameters), the compact
 configurations the demo and the tests train on a CPU, and compressed models
 whose dense layers keep fewer bottleneck channels (the format of the
 compressed-CheXNet release: `conv1` with a bias, `norm2` folded away).
+
+Structured pruning and quantization describe their results by value too:
+`growth_channels` (what each dense layer's `conv2` adds to the concatenation),
+`transition_channels` (each transition's output width), `dtype` (how the
+weights file stores tensors: float32, float16 upcast at load, or int8 inside
+an ONNX Runtime graph) and `runtime` (`torch` or `onnxruntime`). These fields
+are left out of `to_json()` while at their defaults, so every spec written
+before they existed keeps its canonical text and its digest.
 """
 
 from __future__ import annotations
@@ -74,6 +82,14 @@ class ArchSpec(BaseModel):
     #: "denseblock{b}.denselayer{i}" (1-based, as in torchxrayvision's names).
     kept_channels: dict[str, int] = Field(default_factory=dict)
     preprocessing: Preprocessing = Preprocessing()
+    #: Pruned models: channels each dense layer's conv2 adds (default `growth_rate`), same keys.
+    growth_channels: dict[str, int] = Field(default_factory=dict)
+    #: Pruned models: output width of transition b, keyed "transition{b}" (default: half its input).
+    transition_channels: dict[str, int] = Field(default_factory=dict)
+    #: Storage of the weights file: float32; float16 (half-size file, upcast to float32 at load);
+    #: int8 (static QDQ quantization, runs in ONNX Runtime only).
+    dtype: Literal["float32", "float16", "int8"] = "float32"
+    runtime: Literal["torch", "onnxruntime"] = "torch"
 
     @field_validator("block_config")
     @classmethod
@@ -103,6 +119,23 @@ class ArchSpec(BaseModel):
                 raise ValueError(f"kept_channels key {key!r} names no layer of this network")
             if not 1 <= n <= self.bn_size * self.growth_rate:
                 raise ValueError(f"kept_channels[{key!r}]={n} outside 1..bn_size*growth_rate")
+        for key, n in self.growth_channels.items():
+            try:
+                b, i = _parse_layer_key(key)
+            except ValueError as exc:
+                raise ValueError(f"growth_channels key {key!r}: {exc}") from None
+            if b > len(self.block_config) or i > self.block_config[b - 1]:
+                raise ValueError(f"growth_channels key {key!r} names no layer of this network")
+            if not 1 <= n <= self.growth_rate:
+                raise ValueError(f"growth_channels[{key!r}]={n} outside 1..growth_rate")
+        for key, n in self.transition_channels.items():
+            b = int(key[len("transition"):]) if key.startswith("transition") and key[10:].isdigit() else 0
+            if not 1 <= b < len(self.block_config):
+                raise ValueError(f"transition_channels key {key!r} names no transition of this network")
+            if n < 1:
+                raise ValueError(f"transition_channels[{key!r}]={n} must be at least 1")
+        if (self.dtype == "int8") != (self.runtime == "onnxruntime"):
+            raise ValueError("int8 weights run in onnxruntime, and onnxruntime versions hold int8 weights")
         return self
 
     # -- derived values -------------------------------------------------
@@ -113,22 +146,47 @@ class ArchSpec(BaseModel):
     @property
     def num_features(self) -> int:
         """Width of the pooled feature vector (the classifier's input)."""
-        n = self.num_init_features
-        for b, layers in enumerate(self.block_config):
-            n += layers * self.growth_rate
-            if b != len(self.block_config) - 1:
-                n //= 2
-        return n
+        return self.widths()[-1][-1]
+
+    def widths(self) -> list[list[int]]:
+        """Per dense block: its input width, then the width after each of its layers (the last is the
+        block's output, which the transition halves unless `transition_channels` says otherwise)."""
+        out, n = [], self.num_init_features
+        for b, layers in enumerate(self.block_config, start=1):
+            ws = [n]
+            for i in range(1, layers + 1):
+                n += self.growth(b, i)
+                ws.append(n)
+            out.append(ws)
+            if b != len(self.block_config):
+                n = self.transition_out(b, n)
+        return out
 
     def bottleneck(self, block: int, layer: int) -> int:
         return self.kept_channels.get(f"denseblock{block}.denselayer{layer}", self.bn_size * self.growth_rate)
+
+    def growth(self, block: int, layer: int) -> int:
+        """Channels dense layer (block, layer) adds to the concatenation."""
+        return self.growth_channels.get(f"denseblock{block}.denselayer{layer}", self.growth_rate)
+
+    def transition_out(self, block: int, in_features: int) -> int:
+        """Output width of the transition after dense block `block` (input `in_features` wide)."""
+        return self.transition_channels.get(f"transition{block}", in_features // 2)
 
     def is_compressed_layer(self, block: int, layer: int) -> bool:
         return f"denseblock{block}.denselayer{layer}" in self.kept_channels
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no spaces): the digest is over this text."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Canonical JSON (sorted keys, no spaces): the digest is over this text.
+
+        Fields added after the first release are omitted while at their default, so the text
+        (and digest) of every spec that does not use them is what it always was.
+        """
+        data = self.model_dump(mode="json")
+        for name, default in _LATER_FIELDS.items():
+            if data.get(name) == default:
+                data.pop(name)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
@@ -144,6 +202,11 @@ class ArchSpec(BaseModel):
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "spec"
             raise InvalidInput(err["msg"], field=f"spec.{field}") from None
+
+
+#: Fields added after specs were first stored, with the JSON value that means "absent".
+_LATER_FIELDS: dict[str, object] = {"growth_channels": {}, "transition_channels": {}, "dtype": "float32",
+                                    "runtime": "torch"}
 
 
 def _parse_layer_key(key: str) -> tuple[int, int]:

@@ -10,6 +10,14 @@ which would make the file bytes, and so the blob digest, vary run to run.)
 * `backbone_sha256` covers every tensor outside `classifier.*`: head-only
   treatments keep it, so the feature cache stays valid for them.
 
+Storage follows `spec.dtype`: a float16 spec stores the weights in half
+precision (BatchNorm running statistics stay float32: a few hundred numbers,
+and the variance is where half precision would hurt), digests cover the stored
+bytes, and loading upcasts to float32 (this CPU has no fast float16
+arithmetic). An int8 spec (`runtime = "onnxruntime"`) holds the quantized
+ONNX graph as one uint8 tensor, `onnx.model`, beside the float32 classifier;
+it runs through ONNX Runtime (`cxr/quantize.py`), never as a torch module.
+
 Nothing here unpickles. Importing torchxrayvision's pickled checkpoints is the
 explicit, trust-flagged step in `cxr/xrv_import.py`.
 """
@@ -33,6 +41,10 @@ from cxr.spec import ArchSpec
 
 FORMAT = "cxr-decide/weights-1"
 _META_KEY = "cxr_decide"
+#: The tensor of an onnxruntime version that holds the serialized ONNX graph (uint8).
+ONNX_TENSOR = "onnx.model"
+#: Float tensors a float16 file keeps in float32.
+_KEEP_FLOAT32 = (".running_mean", ".running_var")
 
 State = dict[str, torch.Tensor]
 
@@ -63,10 +75,20 @@ class Weights:
     backbone_sha256: str
 
     def model(self) -> CXRDenseNet:
-        """An eval-mode module with these weights."""
+        """An eval-mode module with these weights (float32); `InvalidInput` for an ONNX Runtime version."""
+        if self.spec.runtime != "torch":
+            raise InvalidInput(
+                f"these weights run in {self.spec.runtime} ({self.spec.dtype}), not as a torch module; "
+                "use cxr.quantize.OrtModel (or its float parent)", field="weights")
         m = build_model(self.spec)
         m.load_state_dict(self.state, strict=True)
         return m.eval()
+
+    @property
+    def onnx_bytes(self) -> bytes | None:
+        """The serialized ONNX graph of an onnxruntime version, else None."""
+        t = self.state.get(ONNX_TENSOR)
+        return None if t is None else t.numpy().tobytes()
 
 
 def _clean_state(state: State) -> State:
@@ -75,10 +97,26 @@ def _clean_state(state: State) -> State:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
+def stored_state(spec: ArchSpec, state: State) -> State:
+    """The tensors as the file stores them: float16 for a float16 spec (except BatchNorm statistics)."""
+    if spec.dtype != "float16":
+        return state
+    return {k: v.half() if v.is_floating_point() and not k.endswith(_KEEP_FLOAT32) else v for k, v in state.items()}
+
+
+def loaded_state(state: State) -> State:
+    """Float tensors upcast to float32, as every model computes."""
+    return {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in state.items()}
+
+
 def to_bytes(spec: ArchSpec, state: State) -> tuple[bytes, Weights]:
-    """Serialise to safetensors bytes (deterministic for equal inputs)."""
-    state = _clean_state(state)
-    w = Weights(spec, state, tensors_digest(state), backbone_digest(state))
+    """Serialise to safetensors bytes (deterministic for equal inputs).
+
+    Returns the bytes and the weights exactly as a later `from_bytes` will see them (a float16
+    spec's tensors rounded to half precision, then upcast).
+    """
+    state = stored_state(spec, _clean_state(state))
+    w = Weights(spec, loaded_state(state), tensors_digest(state), backbone_digest(state))
     meta = {
         "format": FORMAT,
         "spec": json.loads(spec.to_json()),
@@ -113,7 +151,7 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> Weights:
             f"{source}: weights digest mismatch (recorded {meta['weights_sha256'][:12]}, "
             f"found {digest[:12]}): the file was modified or corrupted; refusing to load"
         )
-    return Weights(spec, state, digest, backbone_digest(state))
+    return Weights(spec, loaded_state(state), digest, backbone_digest(state))
 
 
 def save_weights(path: str | Path, spec: ArchSpec, state: State) -> Weights:
