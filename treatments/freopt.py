@@ -89,6 +89,10 @@ class FReoptParams(BaseModel):
     style_images: int = Field(400, ge=8, description="Films per side for estimating the site's style.")
     min_site_cases: int = Field(200, ge=1)
     diagnosis_images: int = Field(600, ge=50, description="Images per side when the treatment diagnoses the shift.")
+    max_rows: int = Field(3000, ge=100, description="Labelled tuning rows at most: every row of the report's site, "
+                                                    "the others sampled (an early block back-propagates through "
+                                                    "the whole network, so each row costs a training step).")
+    consistency_films: int = Field(2000, ge=64, description="Reference films per consistency epoch.")
 
 
 @dataclass
@@ -159,6 +163,7 @@ class FReoptimization:
         stem = p.stem and block == 1
         x_parts = [d.images(np.arange(len(d))) if stem else cached_block_inputs(ctx, model, d, block) for d in parts]
         fit = np.concatenate([np.ones(len(d), bool) for d in parts[:-1]] + [~hold])
+        fit = _cap_rows(fit, np.array([s for d in parts for s in d.sites]) == ctx.report.site, p.max_rows, ctx.seed)
         x_fit = np.concatenate(x_parts)[fit]
         labels = np.concatenate([d.aligned_labels(ctx.spec.pathologies) for d in parts])[fit]
         sites = np.array([s for d in parts for s in d.sites])[fit]
@@ -200,8 +205,9 @@ class FReoptimization:
 
 def _consistency(ctx: TreatmentContext, style: SiteStyle, p: FReoptParams) -> Consistency:
     ref = reference_films(ctx)
-    return Consistency(images=ref.images, n=len(ref), weight=p.consistency_weight, epochs=p.consistency_epochs,
-                       lr=p.consistency_lr, render=lambda x, rng: site_matched_augment(x, rng, style, share=1.0))
+    return Consistency(images=ref.images, n=min(len(ref), p.consistency_films), weight=p.consistency_weight,
+                       epochs=p.consistency_epochs, lr=p.consistency_lr,
+                       render=lambda x, rng: site_matched_augment(x, rng, style, share=1.0))
 
 
 def _choose_blocks(ctx: TreatmentContext, model: CXRDenseNet, p: FReoptParams) -> tuple[dict | None, list[int], str]:
@@ -235,6 +241,17 @@ def _diagnose(ctx: TreatmentContext, model: CXRDenseNet, max_images: int) -> dic
         return {"level": "none", "blocks": [], "strength": 0.0, "reason": "too few images to diagnose"}
     return diagnose_shift(model, reference, cal.subset(np.flatnonzero(at_site)), max_images=max_images,
                           seed=ctx.seed).as_dict()
+
+
+def _cap_rows(fit: np.ndarray, at_site: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """`fit` with at most `max_rows` rows: every fitted row of the report's site, the others sampled."""
+    if fit.sum() <= max_rows:
+        return fit
+    keep = fit & at_site
+    others = np.flatnonzero(fit & ~at_site)
+    room = max(0, max_rows - int(keep.sum()))
+    keep[np.random.default_rng(seed).choice(others, size=min(room, len(others)), replace=False)] = True
+    return keep
 
 
 def _holdout_mask(patients: tuple[str, ...], share: float, seed: int) -> np.ndarray:

@@ -87,7 +87,7 @@ def test_unreadable_image_is_refused_on_load(tmp_path):
     folder, csv_path = _folder(tmp_path, ["image", "Effusion"], [["a.png", "1"]])
     (folder / "a.png").write_bytes(b"\x89PNG but not really")
     ds = folder_dataset(folder, csv_path, 32)
-    with pytest.raises(InvalidInput, match="a.png: not an image"):
+    with pytest.raises(InvalidInput, match=r"a\.png: not an image"):
         ds.images([0])
 
 

@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("early-block")]
 SITE = "site-d"
 TARGET = "Cardiomegaly"
 #: the F re-optimization schedule of this test (the rest of the policy is the bundled default)
-FREOPT = {"epochs": 6, "consistency_epochs": 12, "consistency_lr": 0.01, "second_block": False}
+FREOPT = {"epochs": 6, "consistency_epochs": 12, "consistency_lr": 0.01, "second_block": False,
+          "max_rows": 5000, "consistency_films": 3000}
 
 
 def _phantom(site, split, n, cache):
