@@ -51,12 +51,21 @@ from cxr.spec import NIH_PATHOLOGIES, preset
 from cxr.stats import delong_paired
 from cxr.train import TrainConfig, train
 from cxr.weights import load_model, to_bytes
+from decision.evaluate import evaluate_scores
+from decision.gate import UNDERPOWERED, noninferiority_check
+from policies import load_policy
 
-MARGIN = 0.02
+POLICY = load_policy()  # the bundled default.toml: its gate's margin, alpha and underpowered rule
+MARGIN = POLICY.gate.noninferiority_margin
 
 
-def accuracy(y: np.ndarray, z_ref: np.ndarray, z: np.ndarray) -> dict:
-    """Mean / worst ΔAUROC over the 14 NIH labels with ≥ 20 positives, and the worst DeLong lower bound."""
+def accuracy(y: np.ndarray, z_ref: np.ndarray, z: np.ndarray, pathologies) -> dict:
+    """Mean / worst ΔAUROC over the 14 NIH labels with ≥ 20 positives, the worst DeLong lower bound,
+    and what the default policy's gate would say about non-inferiority on every pathology.
+
+    `gate`: "accept" (every lower bound ≥ −margin), "held" (passes only on the underpowered rule —
+    no significant harm — so a person must approve it), or "refuse: NAME …" (the pathologies that fail).
+    """
     deltas, los = [], []
     for j in range(len(NIH_PATHOLOGIES)):
         known = ~np.isnan(y[:, j])
@@ -66,8 +75,16 @@ def accuracy(y: np.ndarray, z_ref: np.ndarray, z: np.ndarray) -> dict:
         r = delong_paired(yy.astype(int), z[known, j], z_ref[known, j])
         deltas.append(r.delta)
         los.append(r.lo)
+    sig = lambda a: 1 / (1 + np.exp(-a.astype(np.float64)))  # noqa: E731
+    ev = evaluate_scores(y, sig(z), sig(z_ref), pathologies=list(pathologies))
+    checks = [noninferiority_check(r, POLICY) for r in ev.results if r.evaluable]
+    failed = [c.name[len("noninferiority["):-1] for c in checks if not c.passed]
+    held = [c.name[len("noninferiority["):-1] for c in checks if c.passed and c.flag == UNDERPOWERED]
+    gate = (f"refuse: {' '.join(failed)}" if failed else f"held: {' '.join(held)} underpowered" if held
+            else "accept")
     return {"mean_dauroc": round(float(np.mean(deltas)), 4), "worst_dauroc": round(float(np.min(deltas)), 4),
-            "worst_delong_lo": round(float(np.min(los)), 4), "gate_noninferior": bool(min(los) >= -MARGIN)}
+            "worst_delong_lo": round(float(np.min(los)), 4), "gate_noninferior": bool(min(los) >= -MARGIN),
+            "gate": gate}
 
 
 def _model(spec, state):
@@ -91,7 +108,7 @@ def compact_part(args, log) -> tuple[list[dict], dict]:
                 raise SystemExit(f"{args.compact_weights} is not the compact preset")
             log(f"compact baseline read from {args.compact_weights}")
         else:
-            parent = train(spec, tr, TrainConfig(epochs=epochs, seed=0)).model.eval()
+            parent = train(spec, tr, TrainConfig(epochs=epochs, seed=0, threads=args.threads)).model.eval()
             log(f"compact baseline trained in {time.perf_counter() - t0:.0f}s")
         y = ev.aligned_labels(spec.pathologies)
         z0 = predict_logits(parent, ev)
@@ -126,8 +143,8 @@ def compact_part(args, log) -> tuple[list[dict], dict]:
             if r not in args.finetune_ratios:
                 continue
             t0 = time.perf_counter()
-            ft = distill(pspec, parent, ft_data, DistillConfig(epochs=args.finetune_epochs, lr=1e-3, seed=0),
-                         init_state=recon.state_dict())
+            cfg = DistillConfig(epochs=args.finetune_epochs, lr=1e-3, seed=0, threads=args.threads)
+            ft = distill(pspec, parent, ft_data, cfg, init_state=recon.state_dict())
             variants[f"pruned r={r} +ft"] = {
                 "model": ft.model.eval(), "spec": pspec, "state": ft.model.state_dict(),
                 "notes": f"then {args.finetune_epochs} distillation epochs on {len(ft_data)} training images "
@@ -139,14 +156,15 @@ def compact_part(args, log) -> tuple[list[dict], dict]:
         variants["int8 (ORT)"] = {"session": ort_session(q, args.threads), "bytes": q}
         variants["float32 (ORT)"] = {"session": ort_session(export_onnx(parent), args.threads),
                                      "bytes": export_onnx(parent)}
-        student = spec.model_copy(update={"growth_rate": 6})
-        t0 = time.perf_counter()
-        st = distill(student, parent, tr, DistillConfig(epochs=args.student_epochs, seed=0))
-        variants["distilled g=6"] = {
-            "model": st.model.eval(), "spec": student, "state": st.model.state_dict(),
-            "notes": f"student (growth rate 6) trained {args.student_epochs} epochs on {len(tr)} training images "
-                     f"from the parent's logits; {time.perf_counter() - t0:.0f}s"}
-        log(f"distilled student: {variants['distilled g=6']['notes']}")
+        if args.student_epochs:
+            student = spec.model_copy(update={"growth_rate": 6})
+            t0 = time.perf_counter()
+            st = distill(student, parent, tr, DistillConfig(epochs=args.student_epochs, seed=0, threads=args.threads))
+            variants["distilled g=6"] = {
+                "model": st.model.eval(), "spec": student, "state": st.model.state_dict(),
+                "notes": f"student (growth rate 6) trained {args.student_epochs} epochs on {len(tr)} training "
+                         f"images from the parent's logits; {time.perf_counter() - t0:.0f}s"}
+            log(f"distilled student: {variants['distilled g=6']['notes']}")
         rows = _rows("compact", variants, spec, y, z0, ev, args)
     return rows, {"compact_n_train": n_train, "compact_n_eval": n_eval}
 
@@ -175,9 +193,9 @@ def _rows(name, variants, spec, y, z0, ev, args, batches: tuple[int, ...] | None
         if ev is not None:
             z = (v["session"].run(["logits"], {"image": ev.images(np.arange(len(ev)))})[0] if "session" in v
                  else predict_logits(v["model"], ev))
-            acc = accuracy(y, z0, z)
+            acc = accuracy(y, z0, z, spec.pathologies)
             row |= {"dAUC_mean": acc["mean_dauroc"], "dAUC_worst": acc["worst_dauroc"],
-                    "delong_lo_worst": acc["worst_delong_lo"], "gate_ok": acc["gate_noninferior"],
+                    "delong_lo_worst": acc["worst_delong_lo"], "gate": acc["gate"],
                     "max_dlogit": float(f"{float(np.abs(z - z0).max()):.3g}")}
         if v.get("notes"):
             row["notes"] = v["notes"]
@@ -255,14 +273,14 @@ def main() -> None:
                    help="the keep ratios that are also fine-tuned after reconstruction (default: all; 'none')")
     p.add_argument("--finetune-epochs", type=int, default=None, help="distillation epochs after reconstruction")
     p.add_argument("--finetune-images", type=int, default=8000, help="training images of the fine-tune")
-    p.add_argument("--student-epochs", type=int, default=None, help="epochs of the distilled student")
+    p.add_argument("--student-epochs", type=int, default=None, help="epochs of the distilled student (0: none)")
     args = p.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else (
         [0.6] if args.quick else [0.75, 0.6, 0.5, 0.4, 0.3])
     args.finetune_ratios = (args.ratios if args.finetune_ratios is None else [] if args.finetune_ratios == "none"
                             else [float(r) for r in args.finetune_ratios.split(",")])
     args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.quick else 2)
-    args.student_epochs = args.student_epochs or (1 if args.quick else 5)
+    args.student_epochs = args.student_epochs if args.student_epochs is not None else (0 if args.quick else 5)
     args.threads = args.threads or torch.get_num_threads()
     args.repeats = args.repeats or (3 if args.quick else 7)
     torch.set_num_threads(args.threads)

@@ -195,8 +195,9 @@ class DiagnosisPolicy(_Strict):
 
     # A later report about the same version at the same site, whose recorded diagnosis says the shift
     # is input-level with at least this strength (0..1), skips the head-level rungs (calibration, surgery,
-    # head retrain): they read features the shifted films already distorted. None: never skip.
-    skip_head_level_strength: Rate | None = 0.5
+    # head retrain): they read features the shifted films already distorted. None (default): never skip —
+    # a per-site threshold still fixes many rate reports under an input-level shift (the demo's site-b).
+    skip_head_level_strength: Rate | None = None
 
 
 class Learning(_Strict):

@@ -70,7 +70,7 @@ def _engine(tiny_home, **diagnosis):
 
 def test_a_recorded_input_level_diagnosis_skips_head_level_rungs_at_that_site_only(tiny_home):
     Backbone.seen = []
-    engine = _engine(tiny_home)
+    engine = _engine(tiny_home, skip_head_level_strength=0.5)
     _report(tiny_home.url, 1)
     first = engine.run_pass().decisions[0]
     assert [r.treatment for r in first.runs] == ["toy_head", "toy_backbone"]  # no diagnosis yet: cheap rung first
@@ -99,12 +99,11 @@ def test_a_recorded_input_level_diagnosis_skips_head_level_rungs_at_that_site_on
     assert Backbone.seen[1]["level"] == "input"  # the recorded diagnosis reached the treatment: not made twice
 
 
-def test_no_skip_when_the_policy_turns_it_off_or_the_shift_is_weak(tiny_home):
+def test_no_skip_by_default_or_when_the_shift_is_weaker_than_the_policy_asks(tiny_home):
     _report(tiny_home.url, 1)
     _engine(tiny_home).run_pass()
     _report(tiny_home.url, 3)
-    for engine in (_engine(tiny_home, skip_head_level_strength=None),
-                   _engine(tiny_home, skip_head_level_strength=0.95)):
+    for engine in (_engine(tiny_home), _engine(tiny_home, skip_head_level_strength=0.95)):
         (p,) = engine.plan_open()
         assert next(c for c in p.plan.candidates if c.treatment == "toy_head").applicable
         assert "Shift diagnosis:" not in p.plan.rationale

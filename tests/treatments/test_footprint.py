@@ -129,7 +129,7 @@ def _fast_policy(tmp_path: Path) -> Path:
     fast = text
     for old, new in (("importance_images = 512", "importance_images = 96"),
                      ("reconstruct_images = 512", "reconstruct_images = 128"),
-                     ("finetune_epochs = 2", "finetune_epochs = 1")):
+                     ("finetune_epochs = 5", "finetune_epochs = 1")):
         assert old in fast, f"default.toml no longer says {old!r}"
         fast = fast.replace(old, new)
     path = tmp_path / "fast.toml"
