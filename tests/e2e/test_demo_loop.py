@@ -80,3 +80,23 @@ def test_a_second_run_reuses_everything_and_decides_nothing(demo, demo_copy):
     assert again.production_ref == demo.production_ref
     for table in ("versions", "reports", "decisions", "runs"):
         assert len(again.export[table]) == len(demo.export[table])
+
+
+def test_no_site_b_calibration_is_rejected_for_site_a_and_site_a_keeps_its_operating_points(demo):
+    """Issue 9: a site-b report's calibration is a site-b override — it is never rejected for another site's
+    sake, and every accepted one leaves site-a's thresholds exactly as its parent had them."""
+    from registry import repo
+    from registry.session import session_scope
+
+    with session_scope(f"sqlite:///{demo.home / 'registry.db'}", read_only=True) as s:
+        runs = repo.run_history(s, treatment="threshold_calibration")
+        assert runs, "the demo ran no threshold calibration"
+        for r in runs:
+            checks = ((r.metrics or {}).get("gate") or {}).get("checks", [])
+            elsewhere = [c["name"] for c in checks
+                         if not c["passed"] and c.get("binding", True) and "site-b" not in c["name"]]
+            assert not elsewhere, f"run {r.id} failed at another site: {elsewhere}"
+            if r.outcome.value == "accepted":
+                new, parent = repo.get_version(s, r.output_version_id), repo.get_version(s, r.input_version_id)
+                assert new.thresholds_for("site-a") == parent.thresholds_for("site-a"), r.id
+                assert new.thresholds_for("site-b") != parent.thresholds_for("site-b"), r.id
