@@ -28,6 +28,8 @@ than with 1 at load 7 on 2 cores).
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 import time
 
@@ -276,16 +278,22 @@ def main() -> None:
     p.add_argument("--student-epochs", type=int, default=None, help="epochs of the distilled student (0: none)")
     args = p.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else (
-        [0.6] if args.quick else [0.75, 0.6, 0.5, 0.4, 0.3])
+        [0.6] if args.quick else [0.9, 0.75, 0.6, 0.5, 0.4])
     args.finetune_ratios = (args.ratios if args.finetune_ratios is None else [] if args.finetune_ratios == "none"
                             else [float(r) for r in args.finetune_ratios.split(",")])
-    args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.quick else 2)
+    args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.quick else 5)
     args.student_epochs = args.student_epochs if args.student_epochs is not None else (0 if args.quick else 5)
     args.threads = args.threads or torch.get_num_threads()
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if args.threads > 1 and load > cores:
+        print(f"warning: load average {load:.1f} on {cores} cores: with {args.threads} threads the timings measure "
+              "the scheduler (every operator waits for a descheduled thread); consider --threads 1",
+              file=sys.stderr)
     args.repeats = args.repeats or (3 if args.quick else 7)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    log = (lambda m: None) if args.json else (lambda m: print(f"[{time.perf_counter() - t0:6.0f}s] {m}", flush=True))
+    out = sys.stderr if args.json else sys.stdout  # progress never mixes with the JSON object
+    log = lambda m: print(f"[{time.perf_counter() - t0:6.0f}s] {m}", file=out, flush=True)  # noqa: E731
     rows, figures = [], {}
     if not args.no_compact:
         got, figures = compact_part(args, log)
