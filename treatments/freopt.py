@@ -89,7 +89,7 @@ class FReoptParams(BaseModel):
     style_images: int = Field(400, ge=8, description="Films per side for estimating the site's style.")
     min_site_cases: int = Field(200, ge=1)
     diagnosis_images: int = Field(600, ge=50, description="Images per side when the treatment diagnoses the shift.")
-    max_rows: int = Field(3000, ge=100, description="Labelled tuning rows at most: every row of the report's site, "
+    max_rows: int = Field(3000, ge=100, description="Labelled tuning rows at most: the report site's rows first, "
                                                     "the others sampled (an early block back-propagates through "
                                                     "the whole network, so each row costs a training step).")
     consistency_films: int = Field(2000, ge=64, description="Reference films per consistency epoch.")
@@ -244,13 +244,16 @@ def _diagnose(ctx: TreatmentContext, model: CXRDenseNet, max_images: int) -> dic
 
 
 def _cap_rows(fit: np.ndarray, at_site: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    """`fit` with at most `max_rows` rows: every fitted row of the report's site, the others sampled."""
+    """`fit` with at most `max_rows` rows: the report site's rows first (sampled only when they alone are more),
+    the other sites' rows sampled into the room left."""
     if fit.sum() <= max_rows:
         return fit
-    keep = fit & at_site
-    others = np.flatnonzero(fit & ~at_site)
+    rng = np.random.default_rng(seed)
+    site_rows, others = np.flatnonzero(fit & at_site), np.flatnonzero(fit & ~at_site)
+    keep = np.zeros_like(fit)
+    keep[rng.choice(site_rows, size=min(max_rows, len(site_rows)), replace=False)] = True
     room = max(0, max_rows - int(keep.sum()))
-    keep[np.random.default_rng(seed).choice(others, size=min(room, len(others)), replace=False)] = True
+    keep[rng.choice(others, size=min(room, len(others)), replace=False)] = True
     return keep
 
 
