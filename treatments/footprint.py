@@ -352,8 +352,7 @@ class Quantization:
             _, w = to_bytes(spec, state)
             cand = OrtModel(w)
             runner = ort_runner(cand.session)
-        dlogit = max_abs_dlogit(parent, cand, batches) if mode == "float16" else max(
-            float((parent(b) - cand(b)).abs().max()) for b in batches)
+        dlogit = max_abs_dlogit(parent, cand, batches)  # an OrtModel is called like a module
         new_probs = predict_probs(cand, cal)
         lat = torch_latency(ctx, parent, cand if runner is None else None, runner, batch=p.latency_batch,
                             repeats=p.latency_repeats) if p.measure_latency else None
