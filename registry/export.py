@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 
 from registry import audit
 from registry.models import BlobRow, DatasetRow, EvaluationRow, VersionDatasetRow, VersionRow
+from registry.repo_aliases import list_aliases
 from registry.repo_decisions import list_decisions, run_history
 from registry.repo_jobs import list_passes, list_schedules
 from registry.repo_lineage import alias_moves
 from registry.repo_reports import list_reports
-from registry.repo_versions import get_version, list_aliases, list_models
+from registry.repo_versions import get_version, list_models
 from registry.session import current_revision
 
 FORMAT = "cxr-decide/export-1"

@@ -11,6 +11,7 @@ comes back is a frozen entity from `registry.entities`, never an ORM row.
 from __future__ import annotations
 
 from registry.audit import list_events, verify_chain
+from registry.repo_aliases import drop_site_alias, list_aliases, rollback, set_alias, sites_with_own_alias
 from registry.repo_common import code_version
 from registry.repo_datasets import get_dataset, list_datasets
 from registry.repo_decisions import (
@@ -63,22 +64,17 @@ from registry.repo_versions import (
     canonical_spec,
     collect_garbage,
     derive_version,
-    drop_site_alias,
     find_version_id,
     get_or_create_dataset,
     get_or_create_model,
     get_version,
-    list_aliases,
     list_evaluations,
     list_models,
     record_blob,
     register_version,
     resolve_version,
     resolve_version_id,
-    rollback,
-    set_alias,
     set_version_status,
-    sites_with_own_alias,
 )
 
 __all__ = [

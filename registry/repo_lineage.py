@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, aliased
 from cxr.errors import NotFound
 from registry.entities import AliasMove, History, Lineage, VersionDiff, VersionStatus, VersionSummary
 from registry.models import AliasHistoryRow, DatasetRow, EvaluationRow, ModelRow, VersionRow
-from registry.repo_versions import EVAL_FLOATS, _version_row, list_aliases
+from registry.repo_aliases import list_aliases
+from registry.repo_versions import EVAL_FLOATS, _version_row
 
 _MAX_DEPTH = 1_000_000  # parents are always older rows, so there are no cycles; this is a backstop
 
