@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -49,7 +48,7 @@ class DistillConfig:
     label_weight: float = 1.0  # weight of the true-label BCE beside the T²-scaled soft term
     seed: int = 0
     augment: bool = True
-    threads: int | None = None
+    threads: int | None = None  # None: torch.get_num_threads() (physical cores, or OMP_NUM_THREADS)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -96,7 +95,8 @@ def distill(
         raise InvalidInput("student and teacher must have the same outputs", field="spec.pathologies")
     if data.resolution != student_spec.resolution or teacher.spec.resolution != student_spec.resolution:
         raise InvalidInput("student, teacher and data must share one resolution", field="resolution")
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.threads:  # else torch's own setting: OMP_NUM_THREADS, or what the caller chose
+        torch.set_num_threads(cfg.threads)
     teacher.eval()
     labels = torch.from_numpy(data.aligned_labels(student_spec.pathologies))
     model = build_model(student_spec, seed=cfg.seed)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,7 +45,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True  # small shifts and exposure jitter; never flips (the heart has a side)
-    threads: int | None = None
+    threads: int | None = None  # None: torch.get_num_threads() (physical cores, or OMP_NUM_THREADS)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -149,7 +148,8 @@ def train(
         raise InvalidInput("the training set is empty", field="data")
     if data.resolution != spec.resolution:
         raise InvalidInput(f"data at {data.resolution}px, model expects {spec.resolution}px", field="resolution")
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.threads:  # else torch's own setting: OMP_NUM_THREADS, or what the caller chose
+        torch.set_num_threads(cfg.threads)
     labels = torch.from_numpy(data.aligned_labels(spec.pathologies))
     model = build_model(spec, seed=cfg.seed)
     if init_state is not None:
