@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from cli.output import console, emit, err_console, esc, fmt_float
+from cli.output import Table, console, emit, err_console, esc, fmt_float
 from cxr.errors import InvalidInput
 
 REFERENCE = "nih-metadata"

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from cli import lazy
-from cli.output import console, emit, esc, fmt_float
+from cli.output import Table, console, emit, esc, fmt_float
 from cxr.errors import InvalidInput
 from registry.entities import DecisionStatus, RunOutcome
 

@@ -7,12 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.panel import Panel
-from rich.table import Table
-from rich.tree import Tree
 
 from cli import lazy
-from cli.output import console, emit, esc, fmt_float
+from cli.output import Table, console, emit, esc, fmt_float
 from cli.progress import step_reporter
 
 load_policy = lazy.function("policies", "load_policy")  # pydantic: imported when the demo runs
@@ -68,6 +65,9 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
                    f"{fmt_float(row['worst_other_auroc_delta_lo'], 4)} ({row['worst_other_pathology']}; "
                    f"margin −{acc['margin']})")
     console.print(vt)
+
+    from rich.panel import Panel
+    from rich.tree import Tree
 
     tree = Tree("[bold]lineage")
     nodes: dict[int, Tree] = {}

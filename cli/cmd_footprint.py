@@ -10,10 +10,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from cli import lazy
-from cli.output import console, emit, err_console, esc, fmt_float
+from cli.output import Table, console, emit, err_console, esc, fmt_float
 from cxr.errors import InvalidInput
 
 get_settings = lazy.function("registry.settings", "get_settings")  # pydantic: imported when a command runs

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from cli import lazy
-from cli.output import console, emit, err_console, esc, fmt_float
+from cli.output import Table, console, emit, err_console, esc, fmt_float
 from cli.progress import train_progress
 from cxr.errors import InvalidInput
 

@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from cli import lazy
-from cli.output import console, emit, err_console, fmt_float
+from cli.output import Table, console, emit, err_console, esc, fmt_float
 
 if TYPE_CHECKING:  # the jobs and the scheduler import the engine (torch): loaded by the commands that run
     from decision.scheduler import PassOutcome
@@ -70,11 +68,11 @@ def _render_summary(data: dict[str, Any]) -> None:
     for d in data["decisions"]:
         colour = {"succeeded": "green", "awaiting_approval": "yellow"}.get(d["status"], "red")
         console.print(f"[bold]decision {d['decision_id']}[/] (report {d['report_id']}): "
-                      f"[{colour}]{d['status']}[/] — {escape(d['message'])}")
+                      f"[{colour}]{d['status']}[/] — {esc(d['message'])}")
         for r in d["runs"]:
             ver = f" → {r['version']}" if r["version"] else ""
             console.print(f"  {r['treatment']}: {r['outcome']}{ver} in {r['wall_seconds']:.2f}s"
-                          + (f" [dim]{escape(r['error'])}[/]" if r["error"] else ""))
+                          + (f" [dim]{esc(r['error'])}[/]" if r["error"] else ""))
 
 
 def run_cmd(
@@ -117,12 +115,12 @@ def run_cmd(
 def _print_outcome(out: PassOutcome) -> None:
     when = out.fire_time.strftime("%Y-%m-%d %H:%M:%S")
     if not out.ran:
-        err_console.print(f"[dim]{when} schedule {out.schedule_id}: skipped ({escape(out.reason)})[/]")
+        err_console.print(f"[dim]{when} schedule {out.schedule_id}: skipped ({esc(out.reason)})[/]")
     elif out.status is not None and out.status.value == "succeeded":
         err_console.print(f"{when} schedule {out.schedule_id}: pass {out.pass_id} [green]succeeded[/]")
     else:
         err_console.print(f"{when} schedule {out.schedule_id}: pass {out.pass_id} [red]failed[/] — "
-                          f"{escape(out.reason)}")
+                          f"{esc(out.reason)}")
 
 
 def schedule_cmd(
@@ -230,7 +228,7 @@ def passes_cmd(
             t.add_row(str(p["id"]), p["schedule"] or "(deleted)", f"{p['fire_time']:%Y-%m-%d %H:%M:%S}",
                       str(p["window_index"] + 1), p["holder"], f"[{colour}]{p['status'].value}[/]",
                       fmt_float(secs, 1), str(sm.get("reports_created", "")),
-                      ", ".join(d["status"] for d in sm.get("decisions", [])), escape(p["error_text"][:80]))
+                      ", ".join(d["status"] for d in sm.get("decisions", [])), esc(p["error_text"][:80]))
         console.print(t)
 
     emit(rows, as_json, render)

@@ -17,10 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from cli import lazy
-from cli.output import console, emit, error_line, esc, fmt_float, to_json
+from cli.output import Table, console, emit, error_line, esc, fmt_float, to_json
 from registry.entities import ReportStatus
 
 # Imported when a command first uses them (SQLAlchemy, pydantic): `decide --help` needs none of them.

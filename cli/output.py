@@ -19,90 +19,47 @@ from collections.abc import Callable
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, ConsoleOptions, Group, RenderableType
-from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
-
-_UNBOUNDED = 10**6
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table as RichTable
 
 
-def _measure(console: Console, options: ConsoleOptions, renderable: Any) -> Measurement:
-    return Measurement.get(console, options, renderable if renderable is not None else "")
+class _LazyConsole:
+    """A `FittingConsole` made on first use: every attribute goes to it (`print`, `status`, `capture`, ...)."""
+
+    __slots__ = ("_real", "_stderr")
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._real: Console | None = None
+
+    def real(self) -> Console:
+        if self._real is None:
+            from cli.rich_console import FittingConsole
+
+            self._real = FittingConsole(stderr=self._stderr)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
 
 
-def fit_table(table: Table, console: Console, width: int | None = None) -> RenderableType:
-    """`table` as it is, with word-keeping column widths, or as records: whichever fits `width` first."""
-    width = width or console.width
-    options = console.options.update(width=_UNBOUNDED, max_width=_UNBOUNDED)
-    natural = _measure(console, options, table)
-    if natural.maximum <= width or not table.columns:
-        return table
-    lo, hi = [], []
-    for col in table.columns:
-        cells = [col.header, *col.cells]
-        if not all(isinstance(c, str | Text) for c in cells):  # nested renderables: let rich lay it out
-            return table
-        sizes = [_measure(console, options, c) for c in cells]
-        lo.append(max(m.minimum for m in sizes))
-        hi.append(max(m.maximum for m in sizes))
-    chrome = natural.maximum - sum(hi)  # borders and padding
-    spare = width - chrome - sum(lo)
-    if spare < 0:
-        return _records(table, console, width)
-    want = [h - m for m, h in zip(lo, hi, strict=True)]
-    total = sum(want) or 1
-    widths = [m + min(w, spare * w // total) for m, w in zip(lo, want, strict=True)]
-    for col, w in zip(table.columns, widths, strict=True):
-        col.width, col.no_wrap, col.overflow = max(1, w), False, "fold"
-    return table
+console: Any = _LazyConsole(stderr=False)
+err_console: Any = _LazyConsole(stderr=True)
 
 
-def _records(table: Table, console: Console, width: int) -> RenderableType:
-    """One block per row: `column value · column value …`, a pair never split across lines (no cell is cut)."""
-    headers = [Text.from_markup(h) if isinstance(h, str) else h.copy() for h in (c.header for c in table.columns)]
-    columns = [list(c.cells) for c in table.columns]
-    n = max((len(c) for c in columns), default=0)
-    parts: list[RenderableType] = []
-    if table.title:
-        title = Text.from_markup(table.title) if isinstance(table.title, str) else table.title.copy()
-        title.stylize("bold")
-        parts.append(title.append(f"  ({n} row{'s' if n != 1 else ''}, one block each)", style="dim"))
-    for i in range(n):
-        pairs = []
-        for head, cells in zip(headers, columns, strict=True):
-            cell = cells[i] if i < len(cells) else ""
-            value = console.render_str(cell) if isinstance(cell, str) else cell.copy()
-            if value.plain.strip():
-                label = head.copy()
-                label.stylize("dim")
-                pairs.append(Text.assemble(label, " ", value))
-        line = Text("• ")
-        for pair in pairs:
-            if len(line) > 2 and len(line) + 3 + len(pair) > width:
-                parts.append(line)
-                line = Text("  ")
-            elif len(line) > 2:
-                line.append(" · ", style="dim")
-            line.append_text(pair)
-        parts.append(line)
-    if table.caption:
-        parts.append(Text.from_markup(table.caption) if isinstance(table.caption, str) else table.caption)
-    return Group(*parts)
+def real_console(con: Any) -> Console:
+    """The rich Console behind `con` (for rich APIs that need the object itself, e.g. `Progress(console=)`)."""
+    return con.real() if isinstance(con, _LazyConsole) else con
 
 
-class FittingConsole(Console):
-    """A rich Console whose `print` fits tables to the terminal instead of truncating their cells."""
+def Table(*args: Any, **kwargs: Any) -> RichTable:
+    """`rich.table.Table(*args, **kwargs)`; rich is imported when the first table is drawn."""
+    from rich.table import Table as RichTable
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        super().print(*(fit_table(o, self) if isinstance(o, Table) else o for o in objects), **kwargs)
-
-
-console = FittingConsole()
-err_console = FittingConsole(stderr=True)
+    return RichTable(*args, **kwargs)
 
 
 def _default(o: Any) -> Any:
@@ -137,11 +94,13 @@ def emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
 
 
 def error_line(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {esc(message)}", highlight=False, soft_wrap=True)
 
 
 def esc(text: object) -> str:
     """Text from data (paths, gate checks like `noninferiority[Effusion]`) is not rich markup."""
+    from rich.markup import escape
+
     return escape(str(text))
 
 

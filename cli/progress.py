@@ -11,17 +11,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from cli.output import err_console, esc, real_console
 
-from cli.output import err_console, esc
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 #: plain mode: a long loop reports at most this often (seconds), and when it ends
 PLAIN_EVERY_S = 10.0
 
 
 def make_progress(transient: bool = False, console: Console | None = None) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -29,7 +40,7 @@ def make_progress(transient: bool = False, console: Console | None = None) -> Pr
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console or err_console,
+        console=real_console(console or err_console),
         transient=transient,
     )
 

@@ -7,11 +7,9 @@ import math
 import os
 import subprocess
 import unicodedata
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput
@@ -21,8 +19,8 @@ from registry.settings import Settings, get_settings
 def settings() -> Settings:
     """`get_settings()`, cached per value of the DECIDE_* variables.
 
-    Building pydantic-settings' object costs ~1.5 ms, a quarter of a registration's
-    budget; the variables still take effect at once when they change.
+    Reading and checking the variables is cheap but runs on every write; the variables
+    still take effect at once when they change.
     """
     key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("DECIDE_")))
     found = _SETTINGS.get(key)
@@ -67,6 +65,8 @@ def code_version() -> str:
                 return out.stdout.strip()[:128]
         except (OSError, subprocess.SubprocessError):
             pass
+    from importlib import metadata  # scans the installed packages: only when there is no checkout
+
     try:
         return metadata.version("cxr-decide")
     except metadata.PackageNotFoundError:
@@ -79,6 +79,8 @@ def insert_ignore(session: Session, model: type, rows: list[dict[str, Any]] | di
 
     With `returning` columns, the result holds only the rows actually inserted.
     """
+    from sqlalchemy.dialects import postgresql, sqlite  # per dialect (the PostgreSQL one pulls in asyncio drivers)
+
     name = session.get_bind().dialect.name
     ins = (postgresql.insert if name == "postgresql" else sqlite.insert)(model.__table__)  # Core: keeps rowcount
     ins = ins.on_conflict_do_nothing()

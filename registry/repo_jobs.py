@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -148,6 +147,8 @@ def acquire_lease(session: Session, name: str, holder: str, ttl_seconds: float, 
         raise InvalidInput("a lease needs a positive time to live", field="ttl_seconds")
     now = now or utcnow()
     t = LeaseRow.__table__
+    from sqlalchemy.dialects import postgresql, sqlite
+
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     ins = insert(t).values(name=name, holder=holder, acquired_at=now, renewed_at=now,
                            expires_at=now + timedelta(seconds=ttl_seconds))

@@ -9,17 +9,41 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from cxr.errors import InvalidInput
 
+_EXECUTORS = ("local", "ray")
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DECIDE_", extra="ignore")
+
+def _env(name: str) -> str | None:
+    """`DECIDE_<NAME>` (any case, as pydantic-settings read it before); empty counts as unset."""
+    key = f"DECIDE_{name}"
+    value = os.environ.get(key)
+    if value is None:
+        value = next((v for k, v in os.environ.items() if k.upper() == key), None)
+    return value if value not in (None, "") else None
+
+
+def _positive(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"expected a number, got {raw!r}", field=f"DECIDE_{name}") from None
+    if not value > 0 or value == float("inf"):
+        raise InvalidInput(f"must be a positive number, got {raw!r}", field=f"DECIDE_{name}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The `DECIDE_*` variables, checked. (A plain dataclass: pydantic-settings cost every command
+    a tenth of a second at start for seven variables.)"""
 
     home: Path = Path(".decide")
     database_url: str | None = None
@@ -27,10 +51,20 @@ class Settings(BaseSettings):
     policy: Path | None = None  # DECIDE_POLICY: a policy TOML replacing the bundled default
     # DECIDE_EXECUTOR: where heavy (image-reading) treatments run: here, or as Ray tasks (RAY_ADDRESS)
     executor: Literal["local", "ray"] = "local"
-    ray_num_cpus: float = Field(default=1.0, gt=0)  # DECIDE_RAY_NUM_CPUS: CPUs each Ray treatment task takes
+    ray_num_cpus: float = 1.0  # DECIDE_RAY_NUM_CPUS: CPUs each Ray treatment task takes (> 0)
     # DECIDE_STALE_SECONDS: a run, a scheduled pass or a scheduler lease without a heartbeat for this
-    # long belongs to a process that died; the next pass marks it abandoned and proceeds.
-    stale_seconds: float = Field(default=90.0, gt=0)
+    # long belongs to a process that died; the next pass marks it abandoned and proceeds (> 0).
+    stale_seconds: float = 90.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        executor = (_env("EXECUTOR") or "local").strip().lower()
+        if executor not in _EXECUTORS:
+            raise InvalidInput(f"must be one of {', '.join(_EXECUTORS)}, got {executor!r}", field="DECIDE_EXECUTOR")
+        policy = _env("POLICY")
+        return cls(home=Path(_env("HOME") or ".decide"), database_url=_env("DATABASE_URL"), actor=_env("ACTOR"),
+                   policy=Path(policy) if policy else None, executor=executor,  # type: ignore[arg-type]
+                   ray_num_cpus=_positive("RAY_NUM_CPUS", 1.0), stale_seconds=_positive("STALE_SECONDS", 90.0))
 
     @property
     def home_dir(self) -> Path:
@@ -51,7 +85,7 @@ class Settings(BaseSettings):
 
 
 def get_settings() -> Settings:
-    return Settings()
+    return Settings.from_env()
 
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")

@@ -14,8 +14,8 @@ from rich.table import Table
 from typer.testing import CliRunner
 
 from cli.app import app
-from cli.output import FittingConsole, fit_table
 from cli.progress import batch_progress, step_reporter, train_progress
+from cli.rich_console import FittingConsole, fit_table
 
 runner = CliRunner()
 NAMES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
