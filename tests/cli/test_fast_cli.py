@@ -95,6 +95,15 @@ def test_the_model_free_commands_run_without_heavy_libraries(small_registry):
     assert json.loads((small_registry / "export.json").read_text())["audit_verification"]["ok"]
 
 
+@pytest.mark.slow
+def test_json_output_draws_nothing_so_it_loads_neither_rich_nor_pydantic_settings(small_registry):
+    out = _drive(["reports", "--json"], ["history", "cxr", "--json"], ["decisions", "--json"],
+                 ["audit", "verify", "--json"])
+    assert out["codes"] == [0] * 4, out["stderr"]
+    assert not set(out["modules"]) & {"rich", "pydantic_settings", "dotenv"}, out["modules"]
+    assert '"pathology": "Effusion"' in out["stdout"] and '"ok": true' in out["stdout"]  # they did print
+
+
 def test_the_head_revision_read_from_the_files_is_alembics():
     from alembic.script import ScriptDirectory
 

@@ -28,7 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("early-block")]
 SITE = "site-d"
 TARGET = "Cardiomegaly"
 #: the F re-optimization schedule of this test (the rest of the policy is the bundled default)
-FREOPT = {"epochs": 6, "consistency_epochs": 12, "consistency_lr": 0.01, "second_block": False,
+#: (lr 3e-3: with the schema's 1e-3 the labelled epochs barely move the stem and the target is met or missed
+#: by chance — FPR 0.166 or 0.222 at site-d depending on which training rows are sampled; with lr 2e-3 to 5e-3
+#: it was met in each of seven variations of lr, rows sampled, epochs and consistency schedule, FPR 0.13-0.16)
+FREOPT = {"epochs": 6, "lr": 0.003, "consistency_epochs": 8, "consistency_lr": 0.01, "second_block": False,
           "max_rows": 5000, "consistency_films": 3000}
 
 
