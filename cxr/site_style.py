@@ -276,8 +276,8 @@ def site_matched_augment(x: np.ndarray, rng: np.random.Generator, style: SiteSty
         img = (x[i, 0].astype(np.float32) / 1024.0 + 1.0) / 2.0
         if rng.random() < share:
             d = rng.uniform(1.0 - spread, 1.0 + spread)
-            img = _zoom(img, 1.0 + (style.magnification - 1.0) * d, (0.6 * h, 0.5 * w))
-            img = _zoom(img, 1.0 + (style.field_of_view - 1.0) * d, (0.5 * h, 0.5 * w))
+            img = _zoom(img, [(1.0 + (style.magnification - 1.0) * d, (0.6 * h, 0.5 * w)),
+                              (1.0 + (style.field_of_view - 1.0) * d, (0.5 * h, 0.5 * w))])
             gain, offset = 1.0 + (style.gain - 1.0) * d, style.offset * d
             img = np.clip(gain * img + offset, 0.0, 1.0) ** (style.gamma ** d)
             blur = style.blur_px * d
@@ -291,8 +291,16 @@ def site_matched_augment(x: np.ndarray, rng: np.random.Generator, style: SiteSty
     return out
 
 
-def _zoom(img: np.ndarray, z: float, centre: tuple[float, float]) -> np.ndarray:
-    if abs(z - 1.0) < 1e-3:
+def _zoom(img: np.ndarray, zooms: list[tuple[float, tuple[float, float]]]) -> np.ndarray:
+    """Zoom by each (factor, centre) in turn, as one cubic resampling (the composition of scalings about
+    points is a scaling about a point: one interpolation, half the time of two, and less blur)."""
+    scale, offset = 1.0, np.zeros(2)
+    for z, centre in reversed(zooms):  # the input coordinate of an output pixel: the last zoom's map first
+        if abs(z - 1.0) < 1e-3:
+            continue
+        c = np.array(centre)
+        offset = offset / z + c - c / z
+        scale /= z
+    if scale == 1.0:
         return img
-    c = np.array(centre)
-    return affine_transform(img, np.eye(2) / z, offset=c - c / z, order=3, mode="nearest")  # cubic: little blur
+    return affine_transform(img, np.eye(2) * scale, offset=offset, order=3, mode="nearest")  # cubic: little blur
