@@ -103,13 +103,15 @@ def monitor_window(engine: Engine, model: str, ds: CXRDataset, source: dict[str,
     """Score a labelled window with the production version and ingest the reports its SLO breaches call for."""
     ds = ds if set(ds.sites) == {site} else _with_site(ds, site)
     with session_scope(engine.url) as s:
-        prod = repo.resolve_version(s, f"{model}@{PRODUCTION}")
+        # The version serving this site (its own production@site, else production) at this site's operating
+        # points: a site whose report was fixed by its own threshold is judged by that threshold.
+        prod = repo.resolve_version(s, f"{model}@{PRODUCTION}", site=site)
         dataset = record_dataset(s, ds, "feedback", source)
     engine.catalog.attach(dataset, ds)
     w = engine.catalog.weights(prod)
     probs = engine.catalog.probabilities(w, dataset)
     names = list(w.spec.pathologies)
-    metrics, raw = assess(model, prod.version, dict(prod.thresholds), names, ds.aligned_labels(names), probs,
+    metrics, raw = assess(model, prod.version, prod.thresholds_for(site), names, ds.aligned_labels(names), probs,
                           list(ds.image_ids), list(ds.sites), engine.policy, (window.start, window.end))
     with session_scope(engine.url) as s:
         # An issue already reported and not yet resolved is not reported again each window: the

@@ -88,6 +88,32 @@ def test_a_window_is_monitored_once_and_open_issues_are_not_reported_again(tiny_
     assert len({(r.site, r.pathology, r.kind) for r in reports}) == len(reports)
 
 
+@pytest.mark.xdist_group("tiny-home")
+def test_a_site_is_monitored_with_its_own_version_and_operating_points(tiny_home):
+    """A site's report fixed by its own threshold is not reported again: the monitor judges the site by the
+    version serving it (production@site, else production) at that site's thresholds, not the defaults."""
+    engine = Engine(tiny_home.url, tiny_home.home, load_policy())  # the 1-epoch tiny model breaches plenty
+    week1 = monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=0, per_window=200, treat=False)
+    assert ("Effusion", "false_positives") in {(r["pathology"], r["kind"]) for r in week1.monitor.reports}
+    with session_scope(tiny_home.url) as s:
+        prod = repo.resolve_version(s, "cxr@production")
+        for r in repo.list_reports(s):  # week 1's reports closed: week 2 reports whatever it finds again
+            repo.set_report_status(s, r.id, "rejected", reason="closed for this test")
+        child = repo.derive_version(s, prod.id, site_thresholds={"site-b": {"Effusion": 1.0}},
+                                    reason="site-b calls no Effusion")
+        repo.set_alias(s, "cxr", "production", child.id, site="site-b", reason="site-b's own operating point")
+    week2 = monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=1, per_window=200, treat=False)
+    assert week2.monitor.version == child.ref
+    eff = next(m for m in week2.monitor.metrics if m.pathology == "Effusion")
+    assert eff.threshold == 1.0 and eff.fp == 0
+    reported = {(r["pathology"], r["kind"]) for r in week2.monitor.reports}
+    assert ("Effusion", "false_positives") not in reported and reported  # the others are still reported
+    site_a = monitor_pass(engine, "cxr", "phantom:site-a", "site-a", index=0, per_window=200, treat=False)
+    assert site_a.monitor.version == prod.ref  # site-a is still served by production, at the defaults
+    assert next(m for m in site_a.monitor.metrics if m.pathology == "Effusion").threshold == \
+        prod.thresholds["Effusion"]
+
+
 def test_feedback_windows_are_fixed_weeks():
     src, w = feedback_source("phantom:site-b", "site-b", 2, 100, 32)
     assert src["rows"] == [200, 300] and (w.end - w.start).days == 7
