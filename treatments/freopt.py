@@ -168,7 +168,7 @@ class FReoptimization:
         labels = np.concatenate([d.aligned_labels(ctx.spec.pathologies) for d in parts])[fit]
         sites = np.array([s for d in parts for s in d.sites])[fit]
         weights = _loss_weights(labels, sites == ctx.report.site, ctx.target_index, p.site_weight)
-        parent_logits = tail_logits(model, block, x_fit, stem=stem)
+        parent_logits = _parent_logits(ctx, parts, fit, model, block, x_fit, stem)
         losses = tune_block(model, block, x_fit, labels, weights, parent_logits, ctx.target_index,
                             distill_rows=None if p.distill_at_site else sites != ctx.report.site,
                             with_head=p.tune == "block+head", epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
@@ -201,6 +201,20 @@ class FReoptimization:
         n_train = sum(q.numel() for n, q in model.named_parameters() if n in set(names))
         return _Attempt(block, losses, thresholds, op, where, check,
                         {n: state[n].detach().clone() for n in names}, n_train, time.perf_counter() - t0)
+
+
+def _parent_logits(ctx: TreatmentContext, parts: list, fit: np.ndarray, model: CXRDenseNet, block: int,
+                   x_fit: np.ndarray, stem: bool) -> np.ndarray:
+    """The parent's logits on the tuning rows: its cached pooled features of those very films through its head
+    (what the forward pass would give, without the pass), else the network's tail on the block inputs."""
+    splits = [s for s in (ctx.train, ctx.calibration) if s is not None]
+    if len(splits) == len(parts) and all(tuple(s.image_ids) == tuple(d.image_ids) for s, d in zip(splits, parts,
+                                                                                                 strict=True)):
+        from cxr.features import head_logits
+
+        return head_logits(np.concatenate([s.features for s in splits])[fit], ctx.head_weight,
+                           ctx.head_bias).astype(np.float32)
+    return tail_logits(model, block, x_fit, stem=stem)
 
 
 def _consistency(ctx: TreatmentContext, style: SiteStyle, p: FReoptParams) -> Consistency:

@@ -156,3 +156,24 @@ def test_augmentation_retrain_falls_back_to_the_preset_without_site_films(world)
     augment, how, extra = AugmentationRetrain()._augmentation(few, AugmentationParams())
     assert augment is site_style and extra == {"site_style": None, "augmentation": "preset"}
     assert "too few site films" in how
+
+
+def test_the_parents_logits_come_from_its_cached_features_when_they_are_the_same_films(world, monkeypatch):
+    from cxr.blocks import tail_logits
+    from treatments import freopt
+    from treatments.freopt import _parent_logits
+
+    ctx, model, tr, fb = world
+    train = FeatureSplit("train", extract_features(model, tr), tr.aligned_labels(ctx.spec.pathologies), tr.image_ids,
+                         tr.sites)
+    with_train = replace(ctx, train=train)
+    fit = np.random.default_rng(0).random(len(tr) + len(fb)) < 0.5
+    images = np.concatenate([tr.images(np.arange(len(tr))), fb.images(np.arange(len(fb)))])[fit]
+    direct = tail_logits(model, 1, images, stem=True)
+    with monkeypatch.context() as m:
+        m.setattr(freopt, "tail_logits", lambda *a, **k: pytest.fail("ran the network for cached films"))
+        cached = _parent_logits(with_train, [tr, fb], fit, model, 1, images, True)
+    np.testing.assert_allclose(cached, direct, atol=1e-4)
+    # other films than the cached features describe (here: no train split cached): the network's tail
+    fallback = _parent_logits(ctx, [tr, fb], fit, model, 1, images, True)
+    np.testing.assert_allclose(fallback, direct, atol=1e-6)
