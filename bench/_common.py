@@ -37,6 +37,10 @@ def machine() -> dict:
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        from cxr.footprint import cpu_facts
+
+        facts = cpu_facts()  # every latency figure carries the CPU and its SIMD flags (AVX-512 / VNNI / AMX or not)
+        info |= {"cpu": facts["cpu"], "cpu_flags": facts["flags"], "load_1min": facts["load_1min"]}
     except ImportError:  # pragma: no cover
         info["torch"] = None
     return info
@@ -61,4 +65,5 @@ def output(title: str, rows: list[dict], figures: dict, as_json: bool) -> None:
     for k, v in figures.items():
         con.print(f"{k}: {v}")
     m = machine()
-    con.print(f"[dim]{m['cores']} cores, torch {m.get('torch')}, {m.get('device')}[/]")
+    con.print(f"[dim]{m['cores']} cores ({m.get('cpu', '?')}; flags {' '.join(m.get('cpu_flags', [])) or '?'}), "
+              f"torch {m.get('torch')}, {m.get('device')}, load {m.get('load_1min')}[/]")
