@@ -51,6 +51,8 @@ def _render_summary(data: dict[str, Any]) -> None:
                   f"{data['version']} on {data['dataset']}"
                   + (f" — read {data['studies']:,} stud{'y' if data['studies'] == 1 else 'ies'}"
                      if "studies" in data else ""))
+    if data.get("watched", "every pathology") != "every pathology":
+        console.print(f"watching: {esc(data['watched'])}")
     if data["breaches"]:
         t = Table(title="SLO breaches (whole 95% interval on the wrong side)")
         for c in ("pathology", "site", "breach", "recall", "FPR", "AUROC"):
@@ -87,6 +89,16 @@ def run_cmd(
     per_window: int = PER_WINDOW_OPT,
     max_cost: float | None = MAX_COST_OPT,
     no_treat: bool = typer.Option(False, "--no-treat", help="Monitor and ingest only; leave reports open."),
+    pathology: list[str] = typer.Option(
+        [], "--pathology", metavar="NAME",
+        help="Watch only this pathology (repeatable), e.g. what the site's radiologists audit. Default: every "
+             "output with an SLO.",
+    ),
+    kind: list[str] = typer.Option(
+        [], "--kind", metavar="KIND",
+        help="Report only this issue kind (repeatable): false_positives, false_negatives or auroc_drop. "
+             "Default: all three.",
+    ),
     policy: Path | None = POLICY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -94,17 +106,20 @@ def run_cmd(
 
     Example: decide monitor run --source phantom:site-b --site site-b --week 1
 
+    Example: decide monitor run --source phantom:site-e --site site-e --pathology Cardiomegaly --kind false_positives
+
     Re-running a window stores nothing twice. Exit 1 if a decision ended with every treatment
     rejected or failed (as `decide run`).
     """
     from decision.engine import Engine
-    from decision.jobs import monitor_pass, next_window_index
+    from decision.jobs import Watch, monitor_pass, next_window_index
     from decision.scheduler import job_summary
 
     index = week - 1 if week is not None else next_window_index(source, site)
     engine = Engine.from_settings(policy)
     result = monitor_pass(engine, model, source, site, index=index, per_window=per_window, max_cost=max_cost,
-                          treat=not no_treat, stale_after=timedelta(seconds=get_settings().stale_seconds))
+                          treat=not no_treat, stale_after=timedelta(seconds=get_settings().stale_seconds),
+                          watch=Watch(tuple(pathology), tuple(kind)))
     data = job_summary(result)
     data["studies"] = result.monitor.dataset.size  # how many labelled studies this pass read
     emit(data, as_json, lambda: _render_summary(data))

@@ -88,6 +88,7 @@ class MonitorResult:
     reports: list[dict[str, Any]]
     ingested: IngestResult
     persisting: list[dict[str, Any]] = field(default_factory=list)  # breaches of issues already reported
+    watched: str = "every pathology"  # `Watch.describe()`
 
 
 @dataclass
@@ -98,21 +99,60 @@ class JobResult:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a monitoring pass reports on: every output with an SLO (the default), or only some pathologies
+    and issue kinds — e.g. what a site's radiologists audit ("Cardiomegaly", "false_positives")."""
+
+    pathologies: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+
+    def validate(self, names: list[str]) -> None:
+        unknown = sorted(set(self.pathologies) - set(names))
+        if unknown:
+            raise InvalidInput(f"unknown pathology {', '.join(unknown)}; the model's outputs are "
+                               f"{', '.join(n for n in names if n)}", field="pathology")
+        bad = sorted(set(self.kinds) - set(KINDS))
+        if bad:
+            raise InvalidInput(f"unknown issue kind {', '.join(bad)}; choose from {', '.join(KINDS)}", field="kind")
+
+    def names(self, names: list[str]) -> list[str]:
+        """The model's output names with the unwatched ones blanked (`assess` skips a blank name)."""
+        return [n if not self.pathologies or n in self.pathologies else "" for n in names]
+
+    def kind(self, kind: str) -> bool:
+        return not self.kinds or kind in self.kinds
+
+    def describe(self) -> str:
+        return (", ".join(self.pathologies) or "every pathology") + (f" ({', '.join(self.kinds)})" if self.kinds
+                                                                     else "")
+
+
+#: the issue kinds the monitor reports (`decision.monitor.assess`)
+KINDS = ("false_positives", "false_negatives", "auroc_drop")
+
+
 def monitor_window(engine: Engine, model: str, ds: CXRDataset, source: dict[str, Any], site: str,
-                   window: Window) -> MonitorResult:
-    """Score a labelled window with the production version and ingest the reports its SLO breaches call for."""
+                   window: Window, watch: Watch = Watch()) -> MonitorResult:
+    """Score a labelled window with the production version and ingest the reports its SLO breaches call for
+    (of the watched pathologies and issue kinds only, when `watch` narrows them)."""
     ds = ds if set(ds.sites) == {site} else _with_site(ds, site)
     with session_scope(engine.url) as s:
         # The version serving this site (its own production@site, else production) at this site's operating
         # points: a site whose report was fixed by its own threshold is judged by that threshold.
         prod = repo.resolve_version(s, f"{model}@{PRODUCTION}", site=site)
+        watch.validate(list(prod.pathologies))  # before anything is recorded
         dataset = record_dataset(s, ds, "feedback", source)
     engine.catalog.attach(dataset, ds)
     w = engine.catalog.weights(prod)
     probs = engine.catalog.probabilities(w, dataset)
     names = list(w.spec.pathologies)
-    metrics, raw = assess(model, prod.version, prod.thresholds_for(site), names, ds.aligned_labels(names), probs,
-                          list(ds.image_ids), list(ds.sites), engine.policy, (window.start, window.end))
+    metrics, raw = assess(model, prod.version, prod.thresholds_for(site), watch.names(names),
+                          ds.aligned_labels(names), probs, list(ds.image_ids), list(ds.sites), engine.policy,
+                          (window.start, window.end))
+    raw = [r for r in raw if watch.kind(r["kind"])]
+    for m in metrics:
+        m.breaches = [b for b in m.breaches if watch.kind(b)]
     with session_scope(engine.url) as s:
         # An issue already reported and not yet resolved is not reported again each window: the
         # open report (its decision may await approval) still stands for it.
@@ -127,7 +167,7 @@ def monitor_window(engine: Engine, model: str, ds: CXRDataset, source: dict[str,
     log.info("monitor %s at %s week %d: %d breach(es), %d new report(s), %d still open", prod.ref, site,
              window.index + 1, len(raw), result.created, len(persisting))
     still = [{"site": k[0], "pathology": k[1], "kind": k[2], "report_id": v} for k, v in persisting.items()]
-    return MonitorResult(prod.ref, dataset, window, metrics, fresh, result, still)
+    return MonitorResult(prod.ref, dataset, window, metrics, fresh, result, still, watch.describe())
 
 
 def _with_site(ds: CXRDataset, site: str) -> CXRDataset:
@@ -137,8 +177,10 @@ def _with_site(ds: CXRDataset, site: str) -> CXRDataset:
 
 
 def monitor_pass(engine: Engine, model: str, source: str, site: str, *, index: int = 0, per_window: int = 1000,
-                 max_cost: float | None = None, treat: bool = True, stale_after: timedelta | None = None) -> JobResult:
-    """One pass: open feedback window `index`, monitor it, then let the engine treat open reports.
+                 max_cost: float | None = None, treat: bool = True, stale_after: timedelta | None = None,
+                 watch: Watch = Watch()) -> JobResult:
+    """One pass: open feedback window `index`, monitor it (the `watch`ed pathologies and kinds), then let
+    the engine treat open reports.
 
     `stale_after`: how long a run may go without a heartbeat before the engine marks it
     abandoned and reopens its report (default: `Engine.run_pass`'s).
@@ -153,7 +195,7 @@ def monitor_pass(engine: Engine, model: str, source: str, site: str, *, index: i
     resolution = ArchSpec.from_json(prod.spec_json).resolution
     src, window = feedback_source(source, site, index, per_window, resolution)
     ds = open_recorded(src, cache_dir=Path(engine.home) / "cache")
-    mon = monitor_window(engine, model, ds, src, site, window)
+    mon = monitor_window(engine, model, ds, src, site, window, watch)
     recover = {} if stale_after is None else {"stale_after": stale_after}
     summary = engine.run_pass(max_cost=max_cost, **recover) if treat else PassSummary(engine.worker)
     return JobResult(mon, summary, time.perf_counter() - t0)

@@ -121,7 +121,7 @@ def job_summary(result: Any) -> dict[str, Any]:
     mon, eng = result.monitor, result.engine
     return {
         "week": mon.window.index + 1, "window": [mon.window.start.isoformat(), mon.window.end.isoformat()],
-        "version": mon.version, "dataset": mon.dataset.name,
+        "version": mon.version, "dataset": mon.dataset.name, "watched": mon.watched,
         "breaches": [{"pathology": m.pathology, "site": m.site, "breaches": list(m.breaches), "recall": m.recall,
                       "fpr": m.fpr, "auroc": m.auroc} for m in mon.metrics if m.breaches],
         "reports_created": mon.ingested.created, "reports_existing": mon.ingested.existing,

@@ -80,3 +80,20 @@ def test_help_teaches_the_crontab_and_the_sources():
     out = _run("monitor", "schedule", "--help").output
     assert "crontab" in out and "SIGTERM" in out and "phantom:SITE" in out
     assert "--week" in _run("monitor", "run", "--help").output
+
+
+def test_monitor_run_watches_only_the_audited_pathology_and_refuses_an_unknown_one(tiny_home):
+    bad = _run("monitor", "run", *SRC, "--per-window", "200", "--pathology", "Heart", "--no-treat", code=2)
+    assert "unknown pathology Heart" in bad.output and "Cardiomegaly" in bad.output
+    res = _run("monitor", "run", *SRC, "--per-window", "200", "--pathology", "Effusion", "--kind", "false_positives",
+               "--no-treat", "--json")
+    out = json.loads(res.stdout)
+    assert out["watched"] == "Effusion (false_positives)"
+    assert {(b["pathology"], tuple(b["breaches"])) for b in out["breaches"]} <= {("Effusion", ("false_positives",))}
+    with session_scope(read_only=True) as s:
+        reports = repo.list_reports(s)
+    assert {(r.pathology, r.kind.value) for r in reports} <= {("Effusion", "false_positives")}
+    assert len(reports) == out["reports_created"]
+    text = _run("monitor", "run", *SRC, "--per-window", "200", "--week", "2", "--pathology", "Effusion",
+                "--no-treat").output
+    assert "watching: Effusion" in text

@@ -119,3 +119,36 @@ def test_feedback_windows_are_fixed_weeks():
     assert src["rows"] == [200, 300] and (w.end - w.start).days == 7
     src2, w2 = feedback_source("phantom:site-b", "site-b", 2, 100, 32)
     assert (src2, w2) == (src, w)
+
+
+@pytest.mark.xdist_group("tiny-home")
+def test_a_watch_reports_only_the_audited_pathologies_and_kinds(tiny_home):
+    """`--pathology/--kind` (what a site's radiologists audit): the same window, watched narrowly, reports
+    exactly the watched subset of what the unwatched monitor reports, and scores nothing else."""
+    from decision.jobs import Watch
+
+    engine = Engine(tiny_home.url, tiny_home.home, load_policy())  # the 1-epoch tiny model breaches plenty
+    full = monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=0, per_window=200, treat=False)
+    everything = {(r["pathology"], r["kind"]) for r in full.monitor.reports}
+    assert len({p for p, _ in everything}) >= 2, everything  # something to leave out
+    pathology, kind = sorted(everything)[0]
+    with session_scope(tiny_home.url) as s:
+        for r in repo.list_reports(s):  # closed, so that the same issues may be reported again
+            repo.set_report_status(s, r.id, "rejected", reason="closed for this test")
+    narrow = monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=1, per_window=200, treat=False,
+                          watch=Watch((pathology,), (kind,)))
+    assert {m.pathology for m in narrow.monitor.metrics} == {pathology}
+    assert all(set(m.breaches) <= {kind} for m in narrow.monitor.metrics)
+    breached = any(kind in m.breaches for m in narrow.monitor.metrics)
+    assert {(r["pathology"], r["kind"]) for r in narrow.monitor.reports} == ({(pathology, kind)} if breached else set())
+    assert narrow.monitor.watched == f"{pathology} ({kind})"
+    with session_scope(tiny_home.url, read_only=True) as s:
+        recorded = len(repo.list_datasets(s, role="feedback", site="site-b"))
+    with pytest.raises(Exception, match="unknown pathology Heart"):
+        monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=2, per_window=200, treat=False,
+                     watch=Watch(("Heart",)))
+    with pytest.raises(Exception, match="unknown issue kind"):
+        monitor_pass(engine, "cxr", "phantom:site-b", "site-b", index=2, per_window=200, treat=False,
+                     watch=Watch((), ("drift",)))
+    with session_scope(tiny_home.url, read_only=True) as s:  # refused before anything was recorded
+        assert len(repo.list_datasets(s, role="feedback", site="site-b")) == recorded
