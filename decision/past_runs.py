@@ -15,11 +15,12 @@ from registry.entities import RunOutcome
 
 def history(session: Session) -> list[RunStat]:
     """Past runs as the planner sees them (kind of issue, success, time, parameters), oldest first."""
-    kinds = repo.run_kinds(session)
+    facts = repo.run_reports(session)
     out = []
     for r in repo.run_history(session):
         if r.outcome in (RunOutcome.running,):
             continue
         succeeded = True if r.outcome == RunOutcome.accepted else (False if r.outcome == RunOutcome.rejected else None)
-        out.append(RunStat(r.treatment, kinds.get(r.id, ""), succeeded, r.wall_seconds or 0.0, r.trainable_parameters))
+        kind, site = facts.get(r.id, ("", None))
+        out.append(RunStat(r.treatment, kind, succeeded, r.wall_seconds or 0.0, r.trainable_parameters, site))
     return out

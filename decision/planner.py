@@ -10,7 +10,9 @@ Each treatment gets
   a run's measured cost is `measured_cost(wall_seconds, trainable_parameters)` (below);
 * a probability of success for the report's issue kind: the mean of
   Beta(p0 * k + successes, (1 - p0) * k + failures), p0 the policy prior, k = `prior_strength`;
-  a run that ended in an error (succeeded None) counts as a failure.
+  a run that ended in an error (succeeded None) counts as a failure, and a run for a report at another
+  site than this report's counts `learning.other_sites_weight` of one (partial pooling: what fails at
+  one site's shift says less about another's).
 Applicable treatments are ordered by ascending cost / p(success): trying independent
 alternatives in turn until one works costs sum_i c_i * prod_{j<i} (1 - p_j) in
 expectation, and an exchange argument shows this order minimises it.
@@ -74,6 +76,7 @@ class RunStat:
     succeeded: bool | None
     wall_seconds: float
     trainable_parameters: int | None = None
+    site: str | None = None  # the site of the report the run treated
 
 
 @dataclass(frozen=True)
@@ -141,10 +144,13 @@ class _Tally:
         self.n = 0
         self.cost_sum = 0.0
         self.wall_sum = 0.0
-        self.outcomes: dict[str, list[int]] = {}  # kind -> [successes, failures]
+        self.outcomes: dict[str, list[float]] = {}  # kind -> [successes, failures], weighted by site
 
 
-def _tally(history: Iterable[RunStat], model: CostModel) -> dict[str, _Tally]:
+def _tally(history: Iterable[RunStat], model: CostModel, site: str | None = None, other_sites: float = 1.0
+           ) -> dict[str, _Tally]:
+    """Per treatment: measured costs (every run) and outcomes per kind, a run for a report at another site
+    than `site` counting `other_sites` of one (a run or report without a site counts one)."""
     out: dict[str, _Tally] = {}
     for run in history:
         t = out.get(run.treatment)
@@ -153,8 +159,8 @@ def _tally(history: Iterable[RunStat], model: CostModel) -> dict[str, _Tally]:
         t.n += 1
         t.cost_sum += measured_cost(run.wall_seconds, run.trainable_parameters, model)
         t.wall_sum += max(float(run.wall_seconds), 0.0)
-        sf = t.outcomes.setdefault(run.kind, [0, 0])
-        sf[0 if run.succeeded is True else 1] += 1
+        sf = t.outcomes.setdefault(run.kind, [0.0, 0.0])
+        sf[0 if run.succeeded is True else 1] += 1.0 if site is None or run.site in (None, site) else other_sites
     return out
 
 
@@ -218,7 +224,7 @@ def _candidate(name: str, report: ReportView, info, policy: Policy, tallies: dic
 _NUMBERS = ("prior_cost", "empirical_cost", "expected_cost", "p_success", "alpha", "beta", "score")
 
 
-def _rationale(report: ReportView, ordered: list[Candidate], rest: list[Candidate]) -> str:
+def _rationale(report: ReportView, ordered: list[Candidate], rest: list[Candidate], note: str = "") -> str:
     value = "n/a" if report.value is None else f"{report.value:.3g}"
     target = "" if report.target is None else f" vs target {report.target:.3g}"
     head = f"Report {report.id}: {report.pathology} {report.kind} ({report.metric} {value}{target})."
@@ -235,6 +241,8 @@ def _rationale(report: ReportView, ordered: list[Candidate], rest: list[Candidat
     if len(ordered) > 1:
         parts.append("Then " + ", ".join(f"{c.treatment} ({c.score:.1f})" for c in ordered[1:]) + ".")
     parts.append("Order: ascending cost / p(success), the cheapest expected escalation ladder.")
+    if note:
+        parts.append(note)
     if rest:
         parts.append("Not applicable: " + "; ".join(f"{c.treatment} ({c.reason})" for c in rest) + ".")
     return " ".join(parts)
@@ -257,7 +265,7 @@ def plan(
     `digest` may pass a precomputed `policy_digest(policy)` when planning many reports.
     Raises nothing for well-typed input.
     """
-    tallies = _tally(history, policy.learning.cost_model)
+    tallies = _tally(history, policy.learning.cost_model, report.site, policy.learning.other_sites_weight)
     infos = {t.name: t for t in treatments}
     names = list(infos) + [n for n in policy.treatments if n not in infos]
     cands = [_candidate(n, report, infos.get(n), policy, tallies) for n in names]
@@ -271,11 +279,15 @@ def plan(
     ranked = tuple(Candidate(rank=i, **c) for i, c in enumerate([*ordered, *rest], start=1))
     chosen = ranked[0] if ordered else None
     n = len(ordered)
+    w = policy.learning.other_sites_weight
+    elsewhere = sum(1 for r in history if r.site not in (None, report.site)) if w < 1.0 and report.site else 0
+    note = (f"p(success) counts each of the {elsewhere} past run(s) for other sites' reports as {w:g} of a run "
+            f"at {report.site}." if elsewhere else "")
     return Plan(
         report.id,
         ranked,
         chosen,
-        _rationale(report, list(ranked[:n]), list(ranked[n:])),
+        _rationale(report, list(ranked[:n]), list(ranked[n:]), note),
         digest or policy_digest(policy),
     )
 

@@ -205,6 +205,9 @@ class Learning(_Strict):
 
     prior_strength: float = Field(4.0, gt=0.0)
     cost_prior_strength: float | None = Field(None, gt=0.0)  # None: same as prior_strength
+    #: what a run at another site than the report's counts for in p(success), as a share of a run at
+    #: the report's site (1: every site's runs pooled; costs are always pooled)
+    other_sites_weight: float = Field(1.0, ge=0.0, le=1.0)
     cost_model: CostModel = CostModel()
 
     @property

@@ -368,11 +368,16 @@ def run_history(session: Session, *, treatment: str | None = None,
 
 def run_kinds(session: Session) -> dict[int, str]:
     """The issue kind each run treated (its decision's first report), by run id."""
-    q = (select(RunRow.id, ReportRow.kind)
+    return {run_id: kind for run_id, (kind, _) in run_reports(session).items()}
+
+
+def run_reports(session: Session) -> dict[int, tuple[str, str | None]]:
+    """(issue kind, site) of the report each run treated (its decision's first report), by run id."""
+    q = (select(RunRow.id, ReportRow.kind, ReportRow.site)
          .join(DecisionReportRow, DecisionReportRow.decision_id == RunRow.decision_id)
          .join(ReportRow, ReportRow.id == DecisionReportRow.report_id)
          .order_by(RunRow.id, ReportRow.id))
-    out: dict[int, str] = {}
-    for run_id, kind in session.execute(q):
-        out.setdefault(run_id, str(getattr(kind, "value", kind)))
+    out: dict[int, tuple[str, str | None]] = {}
+    for run_id, kind, site in session.execute(q):
+        out.setdefault(run_id, (str(getattr(kind, "value", kind)), site))
     return out

@@ -182,3 +182,28 @@ def test_plan_is_pure_and_handles_many_treatments():
     assert first == second
     assert (infos, history, policy.model_dump()) == snapshot
     assert len(first.candidates) == builtin + 11
+
+
+def test_runs_at_other_sites_count_for_less_in_p_success():
+    """Partial pooling (`learning.other_sites_weight`): site-b's failures lower p(success) at site-b fully and at
+    site-e by a quarter each (the bundled policy), so they do not push a new site's ladder past its rungs."""
+    policy = load_policy()  # f_reoptimization: p0 0.3, prior strength 4 -> Beta(1.2, 2.8)
+    assert policy.learning.other_sites_weight == 0.25
+    infos = _installed(policy)
+    fails = [RunStat("f_reoptimization", "false_positives", False, 30.0, 16_000, "site-b")] * 6
+    at_b = _by_name(plan(_report(site="site-b"), infos, policy, fails))["f_reoptimization"]
+    at_e = _by_name(plan(_report(site="site-e"), infos, policy, fails))["f_reoptimization"]
+    assert (at_b.alpha, at_b.beta) == pytest.approx((1.2, 2.8 + 6))
+    assert (at_e.alpha, at_e.beta) == pytest.approx((1.2, 2.8 + 6 * 0.25))
+    assert at_e.expected_cost == at_b.expected_cost  # costs are pooled: time does not depend on the site
+    p_e = plan(_report(site="site-e"), infos, policy, fails)
+    assert "each of the 6 past run(s) for other sites' reports as 0.25" in p_e.rationale
+    assert "other sites" not in plan(_report(site="site-b"), infos, policy, fails).rationale
+    unknown = [RunStat("f_reoptimization", "false_positives", False, 30.0, 16_000)] * 6  # no site: counts fully
+    assert _by_name(plan(_report(site="site-e"), infos, policy, unknown))["f_reoptimization"].beta == \
+        pytest.approx(8.8)
+    raw = policy.model_dump(mode="json")
+    raw["learning"]["other_sites_weight"] = 1.0  # fully pooled: the old behaviour
+    pooled = parse_policy(raw)
+    assert _by_name(plan(_report(site="site-e"), _installed(pooled), pooled, fails))["f_reoptimization"].beta == \
+        pytest.approx(8.8)
