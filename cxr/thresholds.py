@@ -134,8 +134,8 @@ def f1_optimal(y, s) -> OperatingPoint:
     if n_pos == 0:
         return _infeasible("f1", yb, "no positive cases")
     thr, tps, fps = _curve(yb, sa)
-    f1 = 2 * tps / (tps + fps + n_pos)
-    return _at("f1", yb, sa, thr[int(np.argmax(f1))])
+    half_f1 = tps / (tps + fps + n_pos)  # F1 = 2 tp / (2 tp + fp + fn) halved: only its argmax is used
+    return _at("f1", yb, sa, thr[int(np.argmax(half_f1))])
 
 
 def _order_stat_k(m: int, miss: float, delta: float) -> int:

@@ -356,13 +356,12 @@ def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: P
     passed = site_ok and others_ok
     approval = _approval(passed, checks, policy)
     failed = [c for c in checks if not c.passed and c.binding]
-    where = f"production@{site}" if scope == "site" else "production"
     if passed:
-        head = "accepted" + (f" for {site} only ({where})" if scope == "site" else "")
+        head = "accepted" + (f" for {site} only (production@{site})" if scope == "site" else "")
         if approval:
             weak = sorted({c.name.split("@")[0][15:-1] for c in checks if c.flag == UNDERPOWERED and c.binding})
             head += f"; held for approval: underpowered with no significant harm ({', '.join(weak)})"
-        detail = "; ".join(f"{c.name}: {c.detail}" for c in checks[:1])
+        detail = f"{checks[0].name}: {checks[0].detail}"  # the target at the report's site: never empty
         blocked_elsewhere = [c for c in checks if not c.passed and not c.binding]
         if blocked_elsewhere:
             detail += "; elsewhere " + "; ".join(f"{c.name}: {c.detail}" for c in blocked_elsewhere[:2])

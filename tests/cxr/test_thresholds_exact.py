@@ -340,3 +340,11 @@ def test_a_precision_drop_exactly_at_the_bound_is_not_flagged_and_the_default_bo
                                               max_precision_drop=None, max_recall_drop=0.5)  # fmt: skip
     assert recall_warned == ["recall_floor: recall falls 1.00 -> 0.17 (-0.83) when the threshold moves 0.3 -> 0.9, "
                              "more than the allowed drop 0.50"]  # fmt: skip
+
+
+def test_rates_in_messages_read_n_a_when_undefined():
+    """The infeasibility messages quote rates with `_fmt`: three decimals, "n/a" for an undefined rate
+    (not a crash on None)."""
+    from cxr.thresholds import _fmt
+
+    assert (_fmt(None), _fmt(0.12345), _fmt(1.0)) == ("n/a", "0.123", "1.000")
