@@ -56,11 +56,13 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
         console.print(f"[dim]{esc(d['rationale'])}[/]")
 
     acc = data["acceptance"]
-    vt = Table(title=f"final {acc['final']} vs baseline {acc['baseline']} on held-out evaluation sets")
-    for c in ("evaluation set", "Cardiomegaly FPR", "target", "Cardiomegaly recall", "worst other ΔAUROC (95% lo)"):
+    vt = Table(title=f"what serves each site now vs baseline {acc['baseline']}, on held-out evaluation sets")
+    for c in ("evaluation set", "serving", "Cardiomegaly FPR", "target", "Cardiomegaly recall",
+              "worst other ΔAUROC (95% lo)"):
         vt.add_column(c)
     for name, row in acc["datasets"].items():
-        vt.add_row(name, f"{fmt_float(row['cardiomegaly_fpr_baseline'])} → {fmt_float(row['cardiomegaly_fpr'])}",
+        vt.add_row(name, row["version"],
+                   f"{fmt_float(row['cardiomegaly_fpr_baseline'])} → {fmt_float(row['cardiomegaly_fpr'])}",
                    f"≤ {acc['target_fpr']}", fmt_float(row["cardiomegaly_recall"]),
                    f"{fmt_float(row['worst_other_auroc_delta_lo'], 4)} ({row['worst_other_pathology']}; "
                    f"margin −{acc['margin']})")
@@ -83,13 +85,28 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
     ok = audit.get("ok")
     verdicts = [
         ("audit chain", bool(ok), f"{audit.get('checked', 0)} events verified" if ok else str(audit.get("reason"))),
-        ("Cardiomegaly FPR at the feedback site ≤ target", acc["cardiomegaly_fpr_at_or_under_target"], ""),
-        ("every other pathology within the non-inferiority margin", acc["others_within_margin"], ""),
+        (f"Cardiomegaly FPR at {', '.join(acc.get('sites', []))} ≤ target",
+         acc["cardiomegaly_fpr_at_or_under_target"], ""),
+        ("every other pathology within the non-inferiority margin", acc["others_within_margin"],
+         _underpowered(acc)),
     ]
+    new = data.get("new_site")
+    if new and not new.get("skipped"):
+        fix = new.get("early_block_fix")
+        verdicts.append((f"{new['site']}: input-level shift fixed by re-training an early block", bool(fix),
+                         f"({fix['version']}, block {fix['block']}, {fix['serving']})" if fix else
+                         "(no early-block candidate was promoted: see its decision)"))
     lines = [f"{'[green]✔' if good else '[red]✘'}[/] {name} {esc(detail)}" for name, good, detail in verdicts]
     if data["report_html"]:
         lines.append(f"report: {data['report_html']}")
     console.print(Panel("\n".join(lines), title="checks"))
+
+
+def _underpowered(acc: dict[str, Any]) -> str:
+    """The checks the gate's power rule passed (underpowered, no significant harm), said, not hidden."""
+    weak = [f"{', '.join(row['underpowered'])} at {row['site']}" for row in acc["datasets"].values()
+            if row.get("underpowered")]
+    return f"(or underpowered with no significant harm: {'; '.join(weak)})" if weak else ""
 
 
 def demo_cmd(
@@ -103,6 +120,11 @@ def demo_cmd(
     weeks: int = typer.Option(3, help="Weeks of site-b feedback to replay."),
     per_week: int = typer.Option(1000, help="Labelled site-b studies per week."),
     seed: int = typer.Option(0, help="Seed of data, weights and treatments."),
+    new_site: bool = typer.Option(
+        True, "--new-site/--no-new-site",
+        help="End with site-e's first week: films through a washed-out look-up table (an input-level shift), "
+             "fixed by re-training the first dense block (about a minute more).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run the whole loop on the embedded phantom data: train at site-a, watch site-b, fix, prove, record.
@@ -124,7 +146,7 @@ def demo_cmd(
     url = database_url()  # $DECIDE_DATABASE_URL, else the home's registry.db
     shown = make_url(url).render_as_string(hide_password=True)
     cfg = DemoConfig(seed=seed, n_train=n_train, n_calibration=n_calibration, n_evaluation=n_evaluation,
-                     epochs=epochs, weeks=weeks, per_week=per_week)
+                     epochs=epochs, weeks=weeks, per_week=per_week, new_site="site-e" if new_site else None)
     policy_file = get_settings().policy  # $DECIDE_POLICY, else the bundled default
     with step_reporter(enabled=not as_json) as say:
         say("registry", shown + (" ($DECIDE_DATABASE_URL)" if os.environ.get("DECIDE_DATABASE_URL") else ""))

@@ -48,9 +48,13 @@ _SPLIT_SHARE = {"train": 0.55, "calibration": 0.15, "evaluation": 0.15, "feedbac
 #: contrast curve, which crushes the lung fields into the dark end (noise and blur as at site-a). Its
 #: patients and views are site-c's (a third AP), so its shift is input-level only: the report that a
 #: head-level treatment cannot fix and re-training the first dense block can
-#: (`tests/e2e/test_early_block.py`). Sites c and d share patients: never pool them as one population.
+#: (`tests/e2e/test_early_block.py`). `site-e` reads the same catchment through a look-up table set the
+#: other way — gamma 0.4, which washes the films out (lungs, heart and soft tissue pressed into the bright
+#: end): the shift that breaks the demo's 64-px compact model, which the gamma-2.5 curve of site-d does
+#: not (`decide demo`'s last chapter). Sites c, d and e share patients: never pool them as one population.
 SHARED_CATCHMENT: dict[str, tuple[str, SiteProfile]] = {
     "site-d": ("site-c", SiteProfile("site-d", 0.35, 2.5, 1.0, 0.0, 0.020, 0.0, 0)),
+    "site-e": ("site-c", SiteProfile("site-e", 0.35, 0.4, 1.0, 0.0, 0.020, 0.0, 0)),
 }
 
 

@@ -57,7 +57,8 @@ def test_the_demo_on_postgresql_leaves_its_record_there(pg_database, tmp_path, m
     monkeypatch.setenv("DECIDE_DATABASE_URL", pg_database)
     monkeypatch.setenv("DECIDE_POLICY", str(_head_level_policy(tmp_path / "policy.toml")))
     res = runner.invoke(app, ["demo", "--home", str(home), "--epochs", "1", "--n-train", "400", "--n-calibration",
-                              "300", "--n-evaluation", "300", "--weeks", "1", "--per-week", "300", "--json"])
+                              "300", "--n-evaluation", "300", "--weeks", "1", "--per-week", "300", "--no-new-site",
+                              "--json"])
     assert res.exit_code in (0, 1), res.output  # 1: the small demo's own acceptance may fail; it still ran
     summary = json.loads(res.stdout)
     assert summary["database"].startswith("postgresql+psycopg://") and summary["audit"]["ok"]

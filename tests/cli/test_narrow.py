@@ -124,14 +124,19 @@ def _demo_like() -> tuple[dict, dict]:
     versions = [{"id": 1, "model": "cxr", "version": 1, "status": "archived", "treatment_run_id": None,
                  "parent_id": None},
                 {"id": 2, "model": "cxr", "version": 2, "status": "production", "treatment_run_id": 2, "parent_id": 1}]
-    datasets = {f"{site}-evaluation": {"site": site, "cardiomegaly_fpr": 0.14, "cardiomegaly_fpr_baseline": 0.55,
-                                       "cardiomegaly_recall": 0.86, "worst_other_auroc_delta_lo": -0.012,
-                                       "worst_other_pathology": "Enlarged Cardiomediastinum"}
+    datasets = {f"{site}-evaluation": {"site": site, "version": "cxr:2", "cardiomegaly_fpr": 0.14,
+                                       "cardiomegaly_fpr_baseline": 0.55, "cardiomegaly_recall": 0.86,
+                                       "worst_other_auroc_delta_lo": -0.012,
+                                       "worst_other_pathology": "Enlarged Cardiomediastinum",
+                                       "underpowered": ["Emphysema"] if site == "site-b" else []}
                 for site in ("site-a", "site-b")}
     data = {"home": "/tmp/demo-home", "database": "sqlite:////tmp/demo-home/registry.db", "baseline": "cxr:1",
             "production": "cxr:2", "trained_now": True,
             "timings": {"total_s": 117.0, "data_s": 6.5, "train_s": 49.0, "monitor_and_treat_s": 56.0},
-            "acceptance": {"final": "cxr:2", "baseline": "cxr:1", "datasets": datasets, "target_fpr": 0.2,
+            "new_site": {"site": "site-e", "skipped": "", "early_block_fix": {"version": "cxr:2", "block": 1,
+                                                                               "serving": "production@site-e"}},
+            "acceptance": {"final": "cxr:2", "baseline": "cxr:1", "sites": ["site-b", "site-e"],
+                           "datasets": datasets, "target_fpr": 0.2,
                            "margin": 0.02, "cardiomegaly_fpr_at_or_under_target": True, "others_within_margin": True},
             "audit": {"ok": True, "checked": 412}, "report_html": "/tmp/demo-home/report.html"}
     return data, {"reports": reports, "decisions": decisions, "runs": runs, "versions": versions}
@@ -151,6 +156,9 @@ def test_the_demo_summary_at_80_columns_keeps_every_name(monkeypatch):
     data, export = _demo_like()
     out = _demo_at_80(data, export, monkeypatch)
     _whole(out, *NAMES, *TREATMENTS, "false_positives", "false_negatives", "noninferiority[Pleural_Thickening]")
+    flat = " ".join(out.replace("│", " ").split())
+    assert "site-e: input-level shift fixed by re-training an early block (cxr:2, block 1, production@site-e)" in flat
+    assert "underpowered with no significant harm: Emphysema at site-b" in flat
 
 
 @pytest.mark.slow
