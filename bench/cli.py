@@ -56,7 +56,7 @@ def _registry(home: Path) -> None:
     from cxr.model import build_model
     from cxr.spec import preset
     from cxr.weights import save_model
-    from decision import registration, reports
+    from decision import error_reports, registration
     from registry import repo
     from registry.session import dispose_engines, init_registry, session_scope
 
@@ -71,7 +71,7 @@ def _registry(home: Path) -> None:
             "window_end": "2026-02-08T00:00:00Z", "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1}}
     (home / "reports.jsonl").write_text(json.dumps(line) + "\n")
     with session_scope() as s:
-        rid = reports.ingest_file(s, home / "reports.jsonl").ids[0]
+        rid = error_reports.ingest_file(s, home / "reports.jsonl").ids[0]
         repo.create_decision(s, [rid], "0" * 64, [{"treatment": "head_retrain"}], "head_retrain", "bench")
     dispose_engines()
 

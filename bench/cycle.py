@@ -28,7 +28,7 @@ from cxr.weights import to_bytes
 from decision.baseline import DataBinding, register_baseline
 from decision.catalog import record_dataset
 from decision.engine import Engine
-from decision.reports import ingest, parse_report
+from decision.error_reports import ingest, parse_report
 from policies import load_policy
 from registry.session import init_registry, session_scope
 from treatments.plugins import load_treatments

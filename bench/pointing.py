@@ -275,7 +275,7 @@ def cardiomegaly_shortcut(model, thr: float, images_u8, labels, hearts, ap, site
         "false_positives_marker_painted_out": int((p_painted >= thr).sum()),
     }
     # The clinical report's shortcut check: the film's outer band set to its median.
-    from decision.clinical_report import mask_border
+    from decision.documents.clinical import mask_border
 
     p_masked = sigmoid(grad_cam(model, mask_border(to_model_input(images_u8)), "Cardiomegaly", layer="auto").logits)
     out["border_masked_counterfactual"] = {
@@ -293,7 +293,7 @@ def border_dependence(model, thresholds: dict, images_u8: np.ndarray, labels: np
     occlusion artefact would take every pathology's calls alike."""
     import torch
 
-    from decision.clinical_report import mask_border
+    from decision.documents.clinical import mask_border
 
     with torch.inference_mode():
         x = to_model_input(images_u8)

@@ -33,7 +33,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from cxr.spec import XRV_PATHOLOGIES, ArchSpec
-from decision import reports
+from decision import error_reports
 from registry import blobs, repo
 from registry.session import dispose_engines, session_scope, upgrade
 
@@ -113,9 +113,9 @@ def bench_backend(url: str, *, quick: bool) -> dict:
                 "cases": [{"image_id": f"img-{i}", "score": 0.9, "label": 0}], "source": "monitor",
             }))
         t0 = time.perf_counter()
-        parsed, numbers = reports.parse_lines(lines)
+        parsed, numbers = error_reports.parse_lines(lines)
         with session_scope(url) as s:
-            res = reports.ingest(s, parsed, lines=numbers)
+            res = error_reports.ingest(s, parsed, lines=numbers)
         ingest_times.append(time.perf_counter() - t0)
         assert res.created == n_reports
     out["ingest_10000"] = {"median_s": round(statistics.median(ingest_times), 3), "n": runs}

@@ -83,7 +83,7 @@ def exclusivity_cmd(
     st = _stats(source, split, n)
     data: dict[str, Any] = st.as_dict(perfect_below)
     if plot is not None:
-        from decision.report_plots import jaccard_heatmap
+        from decision.documents.plots import jaccard_heatmap
 
         data["plot"] = str(_write_png(plot, jaccard_heatmap(st)))
 
@@ -141,7 +141,7 @@ def channels_cmd(
                             perfect_below=perfect_below)
     data = {"version": loaded.ref, "reference": f"{st.source} ({st.n:,} films)", **an.as_dict()}
     if plot is not None:
-        from decision.report_plots import channel_figure
+        from decision.documents.plots import channel_figure
 
         data["plot"] = str(_write_png(plot, channel_figure(an, st, title=f"{loaded.ref}: polarized channels")))
 
@@ -184,7 +184,7 @@ def figures_cmd(
 
     Example: decide analyze figures --out figures/
     """
-    from decision.report_paper import paper_figures
+    from decision.documents.paper import paper_figures
 
     written = paper_figures(out, version)
 
@@ -221,7 +221,7 @@ def report_cmd(
 
     Self-contained HTML (images inline), readable on a phone and printable. Decision support, never a diagnosis.
     """
-    from decision.clinical_run import report_films, report_from_error_report
+    from decision.documents.clinical_run import report_films, report_from_error_report
 
     if from_report is not None:
         if films:

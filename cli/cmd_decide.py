@@ -10,6 +10,7 @@ import typer
 
 from cli import lazy
 from cli.output import Table, console, emit, esc, fmt_float
+from cxr import clock
 from cxr.errors import InvalidInput
 from registry.entities import DecisionStatus, RunOutcome
 
@@ -238,7 +239,6 @@ def decisions_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Decisions with their chosen treatment and status, newest first."""
-    from datetime import UTC, datetime
 
     with session_scope(read_only=True) as s:
         rows = list(reversed(repo.list_decisions(s, status=status)))
@@ -246,7 +246,7 @@ def decisions_cmd(
     if ids:
         sys.stdout.write("".join(f"{d.id}\n" for d in rows))
         return
-    now, stale = datetime.now(UTC), get_settings().stale_seconds
+    now, stale = clock.now(), get_settings().stale_seconds
 
     def heartbeat(d) -> dict | None:
         r = running.get(d.id)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,7 @@ import typer
 
 from cli import lazy
 from cli.output import Table, console, emit, err_console, esc, fmt_float
+from cxr import clock
 
 if TYPE_CHECKING:  # the jobs and the scheduler import the engine (torch): loaded by the commands that run
     from decision.scheduler import PassOutcome
@@ -172,7 +173,7 @@ def schedule_cmd(
     with session_scope() as s:
         sc = repo.upsert_schedule(s, name, cron=cron, model=model, source=source, site=site, per_window=per_window,
                                   max_cost=max_cost)
-    nxt = trigger.get_next_fire_time(None, datetime.now(UTC))
+    nxt = trigger.get_next_fire_time(None, clock.now())
     console.print(f"schedule [bold]{sc.name}[/] stored: {sc.cron} (UTC) → {sc.model} on {sc.source} at {sc.site}, "
                   f"next window week {sc.next_index + 1}, next fire {nxt:%Y-%m-%d %H:%M:%S}")
     if no_run:
@@ -186,7 +187,7 @@ def schedules_cmd(as_json: bool = JSON_OPT) -> None:
     """The stored schedules, their next fire time and their latest pass."""
     from decision.scheduler import cron_trigger
 
-    now = datetime.now(UTC)
+    now = clock.now()
     with session_scope(read_only=True) as s:
         rows = []
         for sc in repo.list_schedules(s):

@@ -23,7 +23,7 @@ from cli.output import Table, console, emit, error_line, esc, fmt_float, to_json
 from registry.entities import ReportStatus
 
 # Imported when a command first uses them (SQLAlchemy, pydantic): `decide --help` needs none of them.
-reports = lazy.module("decision.reports")
+reports = lazy.module("decision.error_reports")
 audit = lazy.module("registry.audit")
 repo = lazy.module("registry.repo")
 export_all = lazy.function("registry.export", "export_all")

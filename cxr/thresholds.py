@@ -36,6 +36,7 @@ import numpy as np
 from scipy.stats import binom
 
 from cxr.errors import InvalidInput
+from cxr.kinds import IssueKind
 from cxr.stats import binary_metrics, check_labels, check_scores
 
 __all__ = [
@@ -51,7 +52,8 @@ __all__ = [
     "youden",
 ]
 
-GOALS = ("youden", "f1", "precision_floor", "recall_floor", "false_positives", "false_negatives")
+GOALS = ("youden", "f1", "precision_floor", "recall_floor", IssueKind.false_positives.value,
+         IssueKind.false_negatives.value)
 DEFAULT_GRID = np.linspace(1.0, 0.0, 101)
 
 
@@ -257,7 +259,7 @@ def choose_for_false_positives(
     recall floor's: the sign that a threshold cannot fix this report. Raises `InvalidInput` on bad input.
     """
     _check_rate(max_fpr, "max_fpr")
-    method = "false_positives"
+    method = IssueKind.false_positives.value
     yb, sa = _inputs(y, s)
     rec = recall_floor(yb, sa, min_recall, delta)
     if not rec.feasible:
@@ -298,7 +300,7 @@ def choose_for_false_negatives(
     such threshold gives up the least precision. Infeasible, with the numbers, when no certified
     precision threshold lies at or below the recall floor's. Raises `InvalidInput` on bad input.
     """
-    method = "false_negatives"
+    method = IssueKind.false_negatives.value
     yb, sa = _inputs(y, s)
     rec = recall_floor(yb, sa, min_recall, delta)
     if not rec.feasible:
@@ -382,10 +384,10 @@ def choose_operating_point(
         point = precision_floor(yb, sa, _require(min_precision, "min_precision", goal), delta, grid=grid)
     elif goal == "recall_floor":
         point = recall_floor(yb, sa, _require(min_recall, "min_recall", goal), delta)
-    elif goal == "false_positives":
+    elif goal == IssueKind.false_positives:
         mf, mr = _require(max_fpr, "max_fpr", goal), _require(min_recall, "min_recall", goal)
         point = choose_for_false_positives(yb, sa, mf, mr, delta)
-    elif goal == "false_negatives":
+    elif goal == IssueKind.false_negatives:
         mr = _require(min_recall, "min_recall", goal)
         point = choose_for_false_negatives(yb, sa, mr, delta, min_precision=min_precision, grid=grid)
     else:

@@ -191,7 +191,7 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
         say("monitor", f"{cfg.feedback_site} feedback, week {week + 1} of {cfg.weeks}")
         job = monitor_pass(engine, cfg.model, f"phantom:{cfg.feedback_site}", cfg.feedback_site, index=week,
                            per_window=cfg.per_week)
-        for d in job.engine.decisions:
+        for d in job.pass_summary.decisions:
             say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
         weeks.append(job)
     new_site = _new_site_chapter(engine, cfg, say) if cfg.new_site else None
@@ -239,7 +239,7 @@ def _new_site_chapter(engine: Engine, cfg: DemoConfig, say: Progress) -> NewSite
     job = monitor_pass(engine, cfg.model, f"phantom:{site}", site, index=0, per_window=cfg.new_site_week,
                        watch=watch)
     out = NewSite(site, job)
-    for d in job.engine.decisions:
+    for d in job.pass_summary.decisions:
         say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
         held = engine.held_run(d.decision_id) if d.status == DecisionStatus.awaiting_approval else None
         if held is None or held.outcome != RunOutcome.held:
@@ -319,7 +319,7 @@ def check_final(engine: Engine, policy: Policy, baseline, serving: dict[int, Any
 
 def _case_figures(engine: Engine, url: str, site: str, baseline, final) -> list[tuple[str, bytes]]:
     """Grad-CAM of the worst false positives of each Cardiomegaly report at `site`, baseline vs final."""
-    from decision.case_maps import case_grid
+    from decision.documents.case_maps import case_grid
 
     try:
         return _cardiomegaly_grids(engine, url, site, baseline, final, case_grid)
@@ -345,10 +345,10 @@ def _cardiomegaly_grids(engine: Engine, url: str, site: str, baseline, final, ca
 def _write_report(export: dict[str, Any], home: Path, timings: dict[str, float], acceptance: dict[str, Any],
                   cases: list[tuple[str, bytes]] | None = None) -> Path | None:
     try:
-        from decision.report_html import write_report
+        from decision.documents.registry_html import write_report
     except ImportError:  # pragma: no cover - the report module ships with the package
         return None
-    from decision.report_paper import channel_figures
+    from decision.documents.paper import channel_figures
 
     try:
         channels = channel_figures(export, home)  # label exclusivity + polarized channels of production
@@ -391,4 +391,4 @@ def _week_row(j: JobResult) -> dict[str, Any]:
             "breaches": [{"pathology": m.pathology, "site": m.site, "breaches": m.breaches, "fpr": m.fpr,
                           "recall": m.recall, "auroc": m.auroc} for m in j.monitor.metrics if m.breaches],
             "decisions": [{"report_id": d.report_id, "decision_id": d.decision_id, "status": d.status.value,
-                           "message": d.message} for d in j.engine.decisions]}
+                           "message": d.message} for d in j.pass_summary.decisions]}

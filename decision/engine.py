@@ -36,19 +36,21 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from cxr import clock
 from cxr.errors import NotFound
 from cxr.faults import failpoint
 from decision.catalog import Catalog
 from decision.executor import Executor, LocalExecutor, make_executor
+from decision.liveness import TAKEOVER_AFTER, LiveRun, running_now
 from decision.past_runs import history  # in its own module: `decide costs` reads it without torch
 from decision.planner import Plan, RunStat, TreatmentInfo, plan
 from decision.recovery import reopen_interrupted, settle_stalled
-from decision.treat import HEARTBEAT_SECONDS, Outcome, data_plan, execute, report_info, report_view
+from decision.treat import Outcome, data_plan, execute, report_info, report_view
 from policies import Policy, load_policy, policy_digest
 from registry import repo
 from registry.entities import (
@@ -89,22 +91,8 @@ class DecisionOutcome:
     message: str = ""
 
 
-#: a live run beats every HEARTBEAT_SECONDS; two missed beats and a margin mean its process is gone
-TAKEOVER_AFTER = timedelta(seconds=2 * HEARTBEAT_SECONDS + 5)
 _FINAL = frozenset({DecisionStatus.succeeded, DecisionStatus.exhausted, DecisionStatus.rejected,
                     DecisionStatus.cancelled})
-
-
-@dataclass(frozen=True)
-class LiveRun:
-    """A run still `running` after the recovery step: another process's work, or a dead one's not yet taken over."""
-
-    run_id: int
-    decision_id: int | None
-    treatment: str
-    heartbeat_age_s: float
-    takeover_in_s: float  # 0: it would be taken over now (it was not, because this pass had no take-over)
-    silent: bool  # missed at least two heartbeats: its process is very likely gone
 
 
 @dataclass
@@ -248,7 +236,7 @@ class Engine:
         stale_after = stale_after if stale_after is not None else self.stale_after
         lease = lease_seconds if lease_seconds is not None else stale_after.total_seconds()
         summary = PassSummary(self.worker)
-        now = datetime.now(UTC)
+        now = clock.now()
         cutoff = min(stale_after, TAKEOVER_AFTER) if take_over else stale_after
         with session_scope(self.url) as s:
             if take_over:
@@ -258,7 +246,7 @@ class Engine:
                 s, now=now, claimed_before=now - cutoff if take_over else None))
             reopen_interrupted(s, summary.abandoned_runs)
             summary.settled_decisions = settle_stalled(s, cutoff, now)
-            summary.live_runs = [_live(r, now, stale_after) for r in repo.running_runs(s)]
+            summary.live_runs = running_now(s, stale_after, now)
         self._settle_rejected_holds()
         for d in self._approved_decisions():
             summary.decisions.append(self._resume(d, max_cost))
@@ -446,19 +434,6 @@ class Engine:
                 repo.set_report_status(s, out.report_id, report_status, reason=message)
         out.status, out.message = status, message
         return out
-
-
-def _live(r: RunEntity, now: datetime, stale_after: timedelta) -> LiveRun:
-    age = (now - r.heartbeat_at).total_seconds()
-    return LiveRun(r.id, r.decision_id, r.treatment, age, max(0.0, stale_after.total_seconds() - age),
-                   age > 2 * HEARTBEAT_SECONDS)
-
-
-def live_runs(url: str | None, stale_after: timedelta) -> list[LiveRun]:
-    """Runs still `running`, with their heartbeat's age and when a pass would take them over."""
-    now = datetime.now(UTC)
-    with session_scope(url, read_only=True) as s:
-        return [_live(r, now, stale_after) for r in repo.running_runs(s)]
 
 
 def _cand_dict(c) -> dict:

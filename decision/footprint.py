@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from decision.catalog import Catalog
-from decision.reports import ErrorReport, ingest, parse_report
+from decision.error_reports import ErrorReport, ingest, parse_report
 from registry import repo
 from registry.entities import IngestResult, VersionEntity
 

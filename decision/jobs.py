@@ -14,13 +14,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cxr import clock
 from cxr.data import CXRDataset
 from cxr.errors import InvalidInput
+from cxr.kinds import LABELLED_KINDS
 from cxr.sources import open_recorded
 from decision.catalog import record_dataset
 from decision.engine import Engine, PassSummary
+from decision.error_reports import ingest, parse_report
 from decision.monitor import SiteMetrics, assess
-from decision.reports import ingest, parse_report
 from registry import repo
 from registry.entities import PRODUCTION, DatasetEntity, DatasetRole, IngestResult, ReportStatus
 from registry.session import session_scope
@@ -70,7 +72,7 @@ def feedback_source(source: str, site: str, index: int, per_window: int, resolut
         return src, Window(index, start, start + timedelta(days=7))
     if kind in ("folder", "nih"):
         folder, _, csv = rest.partition(":")
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = clock.now().replace(microsecond=0)
         # A feedback folder is feedback, all of it (not the "feedback" share of a patient split).
         src = {"kind": kind, "folder": folder, "csv": csv or None, "split": "all", "resolution": resolution,
                "seed": seed, "site": site, "name": f"feedback-{site}-{now:%Y%m%d}"}
@@ -94,7 +96,7 @@ class MonitorResult:
 @dataclass
 class JobResult:
     monitor: MonitorResult
-    engine: PassSummary
+    pass_summary: PassSummary
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -112,9 +114,10 @@ class Watch:
         if unknown:
             raise InvalidInput(f"unknown pathology {', '.join(unknown)}; the model's outputs are "
                                f"{', '.join(n for n in names if n)}", field="pathology")
-        bad = sorted(set(self.kinds) - set(KINDS))
+        bad = sorted(set(self.kinds) - set(LABELLED_KINDS))
         if bad:
-            raise InvalidInput(f"unknown issue kind {', '.join(bad)}; choose from {', '.join(KINDS)}", field="kind")
+            raise InvalidInput(f"unknown issue kind {', '.join(bad)}; choose from {', '.join(LABELLED_KINDS)}",
+                               field="kind")
 
     def names(self, names: list[str]) -> list[str]:
         """The model's output names with the unwatched ones blanked (`assess` skips a blank name)."""
@@ -126,10 +129,6 @@ class Watch:
     def describe(self) -> str:
         return (", ".join(self.pathologies) or "every pathology") + (f" ({', '.join(self.kinds)})" if self.kinds
                                                                      else "")
-
-
-#: the issue kinds the monitor reports (`decision.monitor.assess`)
-KINDS = ("false_positives", "false_negatives", "auroc_drop")
 
 
 def monitor_window(engine: Engine, model: str, ds: CXRDataset, source: dict[str, Any], site: str,

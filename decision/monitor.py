@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from cxr.kinds import HEADLINE_METRIC, IssueKind
 from cxr.stats import delong_ci
 from policies import Policy
 
 MIN_NEGATIVES = 30
 MIN_POSITIVES = 10
+_FP, _FN, _AUROC = IssueKind.false_positives, IssueKind.false_negatives, IssueKind.auroc_drop
 
 
 def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -41,7 +43,6 @@ def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, mid - half), min(1.0, mid + half)
-
 
 @dataclass
 class SiteMetrics:
@@ -98,9 +99,9 @@ def assess(
                 if m.n_neg >= MIN_NEGATIVES:
                     m.fpr, m.fpr_ci = m.fp / m.n_neg, wilson(m.fp, m.n_neg, alpha)
                     if slo.max_fpr is not None and m.fpr_ci[0] > slo.max_fpr:
-                        m.breaches.append("false_positives")
+                        m.breaches.append(_FP)
                         worst = sorted((i for i in range(len(y)) if pred[i] and y[i] == 0), key=lambda i: -s[i])
-                        reports.append({**base, "kind": "false_positives", "metric": "fpr", "value": m.fpr,
+                        reports.append({**base, "kind": _FP, "metric": HEADLINE_METRIC[_FP], "value": m.fpr,
                                         "target": slo.max_fpr, "counts": counts,
                                         "cases": [_case(ids[i], s[i], 0) for i in worst[:max_cases]],
                                         "notes": f"FPR {m.fpr:.3f} (95% CI {m.fpr_ci[0]:.3f}–{m.fpr_ci[1]:.3f}) "
@@ -108,9 +109,9 @@ def assess(
                 if m.n_pos >= MIN_POSITIVES:
                     m.recall, m.recall_ci = m.tp / m.n_pos, wilson(m.tp, m.n_pos, alpha)
                     if slo.min_recall is not None and m.recall_ci[1] < slo.min_recall:
-                        m.breaches.append("false_negatives")
+                        m.breaches.append(_FN)
                         worst = sorted((i for i in range(len(y)) if not pred[i] and y[i] == 1), key=lambda i: s[i])
-                        reports.append({**base, "kind": "false_negatives", "metric": "recall", "value": m.recall,
+                        reports.append({**base, "kind": _FN, "metric": HEADLINE_METRIC[_FN], "value": m.recall,
                                         "target": slo.min_recall, "counts": counts,
                                         "cases": [_case(ids[i], s[i], 1) for i in worst[:max_cases]],
                                         "notes": f"recall {m.recall:.3f} (95% CI {m.recall_ci[0]:.3f}–"
@@ -119,9 +120,9 @@ def assess(
                 ci = delong_ci(y, s, alpha)
                 m.auroc, m.auroc_ci = ci.auc, (ci.lo, ci.hi)
                 if slo.min_auroc is not None and ci.hi is not None and ci.hi < slo.min_auroc:
-                    m.breaches.append("auroc_drop")
+                    m.breaches.append(_AUROC)
                     counts = {"tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn}
-                    reports.append({**base, "kind": "auroc_drop", "metric": "auroc", "value": ci.auc,
+                    reports.append({**base, "kind": _AUROC, "metric": HEADLINE_METRIC[_AUROC], "value": ci.auc,
                                     "target": slo.min_auroc, "counts": counts, "cases": [],
                                     "notes": f"AUROC {ci.auc:.3f} (95% CI {ci.lo:.3f}–{ci.hi:.3f}) "
                                              f"over {m.n_pos} positives / {m.n_neg} negatives"})

@@ -51,8 +51,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.orm import Session
 
+from cxr import clock
 from cxr.errors import InvalidInput, NotFound
-from decision.treat import Heartbeat
+from decision.liveness import Heartbeat
 from registry import repo
 from registry.entities_jobs import PassStatus, ScheduleEntity
 from registry.session import session_scope
@@ -118,7 +119,7 @@ def cron_trigger(expr: str) -> CronTrigger:
 
 def job_summary(result: Any) -> dict[str, Any]:
     """A `decision.jobs.JobResult` as plain JSON: breaches, reports ingested, decisions and their runs."""
-    mon, eng = result.monitor, result.engine
+    mon, eng = result.monitor, result.pass_summary
     return {
         "week": mon.window.index + 1, "window": [mon.window.start.isoformat(), mon.window.end.isoformat()],
         "version": mon.version, "dataset": mon.dataset.name, "watched": mon.watched,
@@ -230,7 +231,7 @@ class Scheduler:
     # -- one fire ------------------------------------------------------------------------
     def _fire(self, schedule_id: int, fire_time: datetime | None = None) -> PassOutcome:
         # `_QueueExecutor` passes the scheduled time; APScheduler checks at add_job that it may be omitted.
-        return self.run_scheduled_pass(schedule_id, fire_time or datetime.now(UTC).replace(microsecond=0))
+        return self.run_scheduled_pass(schedule_id, fire_time or clock.now().replace(microsecond=0))
 
     def run_scheduled_pass(self, schedule_id: int, fire_time: datetime) -> PassOutcome:
         """Run the pass of `schedule_id` fired at `fire_time` unless another scheduler has it; record it."""

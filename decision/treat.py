@@ -29,7 +29,6 @@ whether the promotion covers every site or the report's site only.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy.orm import Session
 
 from cxr.faults import failpoint
 from cxr.weights import Weights, to_bytes
@@ -47,6 +45,7 @@ from decision.catalog import Catalog, head_of
 from decision.evaluate import EvaluationReport, evaluate_scores
 from decision.executor import Executor, LocalExecutor
 from decision.gate import GateResult, SiteEvaluation, judge_sites
+from decision.liveness import Heartbeat
 from decision.planner import ReportView
 from decision.registration import register_weights_bytes
 from policies import Policy
@@ -57,7 +56,6 @@ from registry.session import session_scope
 from treatments.base import Case, ReportInfo, Slo, Treatment, TreatmentContext, TreatmentDeclined, TreatmentResult
 
 log = logging.getLogger(__name__)
-HEARTBEAT_SECONDS = 20.0
 
 
 @dataclass
@@ -110,33 +108,6 @@ def data_plan(session, parent: VersionEntity, site: str) -> DataPlan:
     cal = by_role[DatasetRole.calibration] + [d for d in feedback if d.id not in {x.id for x in linked}]
     cal += [d for d in by_role[DatasetRole.feedback] if d.id not in {x.id for x in cal}]
     return DataPlan(by_role[DatasetRole.train], cal, by_role[DatasetRole.evaluation])
-
-
-class Heartbeat:
-    """Calls `beat(session)` in its own transaction every `every` seconds from a thread, while a
-    long piece of work runs: a treatment run's heartbeat, a scheduled pass's lease and heartbeat."""
-
-    def __init__(self, url: str | None, beat: Callable[[Session], None], *, every: float = HEARTBEAT_SECONDS,
-                 what: str = "heartbeat") -> None:
-        self.url, self.beat, self.every, self.what = url, beat, every, what
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, name=what, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                with session_scope(self.url) as s:
-                    self.beat(s)
-            except Exception as exc:  # a missed beat only risks an early "abandoned"
-                log.warning("%s failed: %s", self.what, exc)
-
-    def __enter__(self) -> Heartbeat:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(timeout=10)
 
 
 def candidate_weights(parent: Weights, result: TreatmentResult) -> tuple[Weights, bytes | None]:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from cxr.kinds import IssueKind
 from cxr.spec import XRV_PATHOLOGIES
 
 __all__ = [
@@ -33,9 +34,10 @@ __all__ = [
     "TreatmentPolicy",
 ]
 
-IssueKind = Literal["false_positives", "false_negatives", "auroc_drop", "calibration_drift", "footprint"]
-ISSUE_KINDS: tuple[str, ...] = get_args(IssueKind)
-CalibrationMethod = Literal["youden", "f1", "precision_floor", "recall_floor", "false_positives", "false_negatives"]
+ISSUE_KINDS: tuple[IssueKind, ...] = tuple(IssueKind)
+#: how thresholds are chosen (`cxr.thresholds.GOALS`): two goals are named after the kind they fix
+CalibrationMethod = Literal["youden", "f1", "precision_floor", "recall_floor", IssueKind.false_positives,
+                            IssueKind.false_negatives]
 CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 #: Built-in treatments, cheapest first (the paper's empirical cost matrix).
 BUILTIN_TREATMENTS: tuple[str, ...] = (

@@ -13,6 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from cxr.kinds import IssueKind
+
 
 class VersionStatus(StrEnum):
     candidate = "candidate"
@@ -27,14 +29,6 @@ class ReportStatus(StrEnum):
     decided = "decided"
     resolved = "resolved"
     rejected = "rejected"
-
-
-class ReportKind(StrEnum):
-    false_positives = "false_positives"
-    false_negatives = "false_negatives"
-    auroc_drop = "auroc_drop"
-    calibration_drift = "calibration_drift"
-    footprint = "footprint"
 
 
 class DecisionStatus(StrEnum):
@@ -224,7 +218,7 @@ class ReportEntity:
     model: str
     version: int
     pathology: str
-    kind: ReportKind
+    kind: IssueKind
     metric: str
     value: float
     target: float

@@ -10,12 +10,12 @@ verification result. Read in one read-only transaction, so it is consistent.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cxr import clock
 from registry import audit
 from registry.models import BlobRow, DatasetRow, EvaluationRow, VersionDatasetRow, VersionRow
 from registry.repo_aliases import list_aliases
@@ -45,7 +45,7 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
     verified = audit.verify_all(session)
     return audit.jsonable({
         "format": FORMAT,
-        "exported_at": datetime.now(UTC),
+        "exported_at": clock.now(),
         "schema_revision": current_revision(url) if url is not None else None,
         "models": list_models(session),
         "versions": versions,

@@ -33,6 +33,8 @@ from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from cxr import clock
+from cxr.kinds import IssueKind
 from registry.entities import (
     ApprovalEntity,
     AuditEventEntity,
@@ -43,7 +45,6 @@ from registry.entities import (
     DecisionStatus,
     ModelEntity,
     ReportEntity,
-    ReportKind,
     ReportStatus,
     RunEntity,
     RunOutcome,
@@ -64,7 +65,7 @@ DIGEST = 64  # hex sha256
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -313,7 +314,7 @@ class ReportRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     pathology: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[ReportKind] = mapped_column(_enum(ReportKind, "report_kind"))
+    kind: Mapped[IssueKind] = mapped_column(_enum(IssueKind, "report_kind"))
     metric: Mapped[str] = mapped_column(String(32))
     value: Mapped[float] = mapped_column(Float)
     target: Mapped[float] = mapped_column(Float)

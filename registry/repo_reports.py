@@ -25,8 +25,9 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound, TransientError
+from cxr.kinds import IssueKind
 from registry import audit
-from registry.entities import IngestResult, ReportEntity, ReportKind, ReportStatus
+from registry.entities import IngestResult, ReportEntity, ReportStatus
 from registry.models import ModelRow, ReportRow, VersionRow, utcnow
 from registry.repo_common import actor_of, insert_ignore
 
@@ -48,12 +49,12 @@ CONTENT = ("metric", "value", "target", "counts", "cases", "notes")
 
 
 def _key(vid: int, r: Mapping[str, Any]) -> tuple:
-    return (vid, r["site"], r["pathology"], ReportKind(r["kind"]).value,
+    return (vid, r["site"], r["pathology"], IssueKind(r["kind"]).value,
             r["window_start"].astimezone(UTC), r["window_end"].astimezone(UTC))
 
 
 def _row_key(r: Any) -> tuple:
-    return (r.version_id, r.site, r.pathology, ReportKind(r.kind).value, r.window_start, r.window_end)
+    return (r.version_id, r.site, r.pathology, IssueKind(r.kind).value, r.window_start, r.window_end)
 
 
 _KEY_COLS = (ReportRow.version_id, ReportRow.site, ReportRow.pathology, ReportRow.kind, ReportRow.window_start,
@@ -114,7 +115,7 @@ def _bounded(value: Any, field: str, lo: int) -> int:
 
 def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, lines: Sequence[int] | None = None,
                    actor: str | None = None) -> IngestResult:
-    """Store validated reports (dicts shaped like `decision.reports.ErrorReport.model_dump()`).
+    """Store validated reports (dicts shaped like `decision.error_reports.ErrorReport.model_dump()`).
 
     Checks each report's version exists and names one of its pathologies; a
     failure raises `InvalidInput` naming the line (from `lines`) and field,
@@ -179,7 +180,7 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
         seen.add(key)
         c = r["counts"]
         new_rows.append({
-            "version_id": key[0], "pathology": r["pathology"], "kind": ReportKind(r["kind"]), "metric": r["metric"],
+            "version_id": key[0], "pathology": r["pathology"], "kind": IssueKind(r["kind"]), "metric": r["metric"],
             "value": r["value"], "target": r["target"], "site": r["site"], "window_start": key[4],
             "window_end": key[5], "tp": c["tp"], "fp": c["fp"], "tn": c["tn"], "fn": c["fn"],
             "cases": audit.jsonable(list(r.get("cases") or [])), "source": r.get("source") or "api",

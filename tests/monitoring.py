@@ -99,7 +99,7 @@ def wait_for(what: str, check, procs: list[subprocess.Popen], limit: float = 180
 
 
 def ingest_report(url: str | None = None, site: str = "site-b", pathology: str = "Effusion") -> int:
-    from decision.reports import ingest, parse_report
+    from decision.error_reports import ingest, parse_report
 
     report = {"model": "cxr", "version": 1, "pathology": pathology, "kind": "false_positives", "metric": "fpr",
               "value": 0.6, "target": 0.3, "site": site, "window_start": datetime(2025, 12, 1, tzinfo=UTC),

@@ -134,7 +134,7 @@ def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path
 
 @pytest.mark.slow  # 18 s on 2 busy cores
 def test_report_from_an_error_reports_cases(tiny_home, tmp_path):
-    from decision.reports import ingest, parse_report
+    from decision.error_reports import ingest, parse_report
     from registry import repo
     from registry.entities import DatasetRole
     from registry.session import session_scope

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from decision.reports import ingest, parse_report
+from decision.error_reports import ingest, parse_report
 from registry import repo
 from registry.session import session_scope
 

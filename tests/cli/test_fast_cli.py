@@ -66,7 +66,7 @@ def test_each_model_free_command_answers_help_in_a_light_process(command):
 @pytest.fixture
 def small_registry(tmp_path, monkeypatch):
     """Two versions, a report, a decision: made without torch (the weights are stand-in bytes)."""
-    from decision import reports
+    from decision import error_reports
     from registry import repo
     from registry.session import dispose_engines, init_registry, session_scope
     from tests.registry import factories as f
@@ -75,7 +75,7 @@ def small_registry(tmp_path, monkeypatch):
     with session_scope() as s:
         v1 = f.version(s)
         f.version(s, parent_id=v1.id, payload=b"weights-2", tensors={"w": "1", "classifier.weight": "3"})
-        rid = reports.ingest(s, [reports.parse_report(f.report())]).ids[0]
+        rid = error_reports.ingest(s, [error_reports.parse_report(f.report())]).ids[0]
         repo.create_decision(s, [rid], "0" * 64, [{"treatment": "head_retrain"}], "head_retrain", "test")
     dispose_engines()
     line = tmp_path / "reports.jsonl"

@@ -86,7 +86,7 @@ def test_rich_would_have_cut_the_names():
 
 @pytest.fixture
 def narrow_registry(tmp_path, monkeypatch):
-    from decision import reports
+    from decision import error_reports
     from registry.session import dispose_engines, init_registry, session_scope
     from tests.registry import factories as f
 
@@ -94,7 +94,7 @@ def narrow_registry(tmp_path, monkeypatch):
     init_registry()
     with session_scope() as s:
         f.version(s, pathologies=NAMES)
-        reports.ingest(s, [reports.parse_report(f.report(pathology=p, day=i)) for i, p in enumerate(NAMES)])
+        error_reports.ingest(s, [error_reports.parse_report(f.report(pathology=p, day=i)) for i, p in enumerate(NAMES)])
     dispose_engines()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from decision.reports import json_schema
+from decision.error_reports import json_schema
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

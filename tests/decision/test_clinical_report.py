@@ -15,9 +15,9 @@ from cxr.data import phantom_dataset
 from cxr.images import write_folder
 from cxr.labelstats import nih_reference_stats
 from cxr.phantom import PhantomConfig
-from decision.clinical_html import write_study
-from decision.clinical_report import DISCLAIMER, build_studies, version_view
-from decision.clinical_run import report_films
+from decision.documents.clinical import DISCLAIMER, build_studies, version_view
+from decision.documents.clinical_html import write_study
+from decision.documents.clinical_run import report_films
 from decision.scoring import load_version
 from tests.decision.test_report_html import chromium_image_check
 
@@ -133,7 +133,7 @@ def test_a_sites_operating_points_are_used_with_site(tiny_home, films):
 
 
 def test_mask_border_sets_only_the_band_to_the_films_median():
-    from decision.clinical_report import mask_border
+    from decision.documents.clinical import mask_border
 
     x = np.arange(2 * 1 * 20 * 20, dtype=np.float32).reshape(2, 1, 20, 20)
     m = mask_border(x, band=0.1)
@@ -148,7 +148,7 @@ def test_mask_border_sets_only_the_band_to_the_films_median():
 
 def test_the_shortcut_check_flags_a_call_that_needs_the_films_border(tiny_home, films):
     from cxr.images import load_image_file
-    from decision.clinical_report import mask_border
+    from decision.documents.clinical import mask_border
     from decision.scoring import score_images
 
     loaded = load_version("cxr@production")

@@ -13,8 +13,8 @@ import torch
 from cxr.infer import predict_logits
 from decision.catalog import Catalog, head_of
 from decision.engine import Engine, history
+from decision.error_reports import ingest, parse_report
 from decision.planner import empirical_cost_matrix
-from decision.reports import ingest, parse_report
 from decision.treat import candidate_weights
 from policies import load_policy, parse_policy
 from registry import audit, repo

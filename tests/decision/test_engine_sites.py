@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from decision.engine import Engine
-from decision.reports import ingest, parse_report
+from decision.error_reports import ingest, parse_report
 from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import DecisionStatus, ReportStatus, RunOutcome, VersionStatus

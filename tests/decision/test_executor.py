@@ -10,8 +10,8 @@ import pytest
 
 from cxr.errors import InvalidInput
 from decision.engine import Engine
+from decision.error_reports import ingest, parse_report
 from decision.executor import LocalExecutor, RayExecutor, make_executor
-from decision.reports import ingest, parse_report
 from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import RunOutcome

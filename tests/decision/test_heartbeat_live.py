@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from decision.engine import Engine
-from decision.reports import ingest, parse_report
-from decision.treat import Heartbeat
+from decision.error_reports import ingest, parse_report
+from decision.liveness import Heartbeat
 from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import DecisionStatus, ReportStatus, RunOutcome

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from decision.engine import Engine
+from decision.error_reports import parse_report
 from decision.jobs import feedback_source, monitor_pass
 from decision.monitor import assess, wilson
-from decision.reports import parse_report
 from policies import load_policy, parse_policy
 from registry import repo
 from registry.session import session_scope

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from decision.documents.registry_html import write_report
 from decision.engine import Engine
-from decision.report_html import write_report
-from decision.reports import ingest, parse_report
+from decision.error_reports import ingest, parse_report
 from policies import load_policy
 from registry.export import export_all
 from registry.session import session_scope
@@ -94,7 +94,7 @@ def test_the_check_notices_a_broken_image(tmp_path):
 
 
 def test_case_evidence_grid_explains_the_reported_films_under_each_version(tiny_home, tmp_path):
-    from decision.case_maps import case_grid
+    from decision.documents.case_maps import case_grid
     from registry import repo
     from registry.entities import DatasetRole
 

@@ -18,7 +18,7 @@ import typer
 from click.testing import CliRunner
 
 from cli.app import app
-from decision import reports
+from decision import error_reports
 
 runner = CliRunner()
 CLI = typer.main.get_command(app)  # built once: every invoke below reuses it
@@ -167,7 +167,7 @@ CORPUS = corpus()
 
 def test_the_corpus_is_big_and_its_base_is_valid():
     assert len(CORPUS) >= 100
-    r = reports.parse_report(_line(VALID))
+    r = error_reports.parse_report(_line(VALID))
     assert r.value == 0.52 and r.counts.fn == 48
 
 
@@ -256,21 +256,21 @@ def test_same_key_other_content_is_refused_same_content_is_a_no_op(on_registry, 
 
 def test_consistency_allows_the_rounding_a_value_shows():
     def parse(value, tp, fn):
-        return reports.parse_report(_line({**VALID, "value": value, "counts": {**VALID["counts"], "tp": tp,
+        return error_reports.parse_report(_line({**VALID, "value": value, "counts": {**VALID["counts"], "tp": tp,
                                                                                  "fn": fn}}))
 
     assert parse(0.3, 1, 2).value == 0.3  # 0.333…, written with one decimal: ±0.05
     assert parse(0.33, 1, 2).value == 0.33
     assert parse(1 / 3, 1, 2).value == 1 / 3
-    with pytest.raises(reports.InvalidInput, match="contradicts the counts"):
+    with pytest.raises(error_reports.InvalidInput, match="contradicts the counts"):
         parse(0.34, 1, 2)  # two decimals: ±0.005, and 0.34 is 0.0067 away
     assert parse(0.5, 0, 0).value == 0.5  # no positives: the counts say nothing about recall
-    assert math.isclose(reports.rounding_of(0.52), 0.005) and reports.rounding_of(1.0) == 0.05
+    assert math.isclose(error_reports.rounding_of(0.52), 0.005) and error_reports.rounding_of(1.0) == 0.05
 
 
 def test_the_schema_lists_each_kinds_metrics():
-    meta = reports.json_schema()["properties"]["metric"]["description"]
+    meta = error_reports.json_schema()["properties"]["metric"]["description"]
     for kind in ("false_positives", "false_negatives", "auroc_drop", "calibration_drift", "footprint"):
-        assert all(m in meta for m in reports.metrics_of(kind))
-    assert reports.metrics_of("false_positives") == ["fpr", "specificity"]
-    assert reports.metrics_of("footprint") == ["parameters", "parameter_fraction", "size_mb", "latency_ms"]
+        assert all(m in meta for m in error_reports.metrics_of(kind))
+    assert error_reports.metrics_of("false_positives") == ["fpr", "specificity"]
+    assert error_reports.metrics_of("footprint") == ["parameters", "parameter_fraction", "size_mb", "latency_ms"]

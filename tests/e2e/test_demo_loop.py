@@ -127,7 +127,7 @@ def test_the_new_sites_input_level_shift_is_fixed_by_re_training_the_first_block
     new = demo.new_site
     assert new is not None and new.job is not None and not new.skipped, new
     fix = new.early_block_fix
-    assert fix is not None, (new.job.engine.decisions, new.settled)
+    assert fix is not None, (new.job.pass_summary.decisions, new.settled)
     assert fix["block"] == 1 and fix["level"] == "input" and fix["serving"] == "production@site-e", fix
     assert "input-level" in fix["reason"] and fix["site_style"]["gamma"] < 0.7, fix  # the washed-out curve, estimated
     url = f"sqlite:///{demo.home / 'registry.db'}"

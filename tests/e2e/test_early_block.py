@@ -55,7 +55,7 @@ def _policy():
 def _report(url, home, policy):
     """The false-positive report a week of site-d feedback gives, measured at the parent's operating point."""
     from decision.catalog import Catalog
-    from decision.reports import ingest, parse_report
+    from decision.error_reports import ingest, parse_report
     from registry import repo
     from registry.entities import DatasetRole
     from registry.session import session_scope

@@ -158,7 +158,7 @@ class FaultHome:
 
 
 def ingest_report(url: str, **changes) -> int:
-    from decision.reports import ingest, parse_report
+    from decision.error_reports import ingest, parse_report
 
     with session_scope(url) as s:
         return ingest(s, [parse_report({**REPORT, **changes})]).ids[0]

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from cli.app import app
-from decision import reports
+from decision import error_reports
 from registry import audit, repo
 from registry.entities import DecisionStatus
 from registry.roles import grant_auditor, registry_tables
@@ -27,7 +27,7 @@ runner = CliRunner()
 def _seed() -> None:
     with session_scope() as s:
         v = f.version(s)
-        rid = reports.ingest(s, [reports.parse_report(f.report())]).ids[0]
+        rid = error_reports.ingest(s, [error_reports.parse_report(f.report())]).ids[0]
         repo.create_decision(s, [rid], "p" * 64, [{"treatment": "head_retrain"}], "head_retrain", "cheapest",
                              DecisionStatus.planned)
         repo.start_run(s, None, "head_retrain", {}, v.id)

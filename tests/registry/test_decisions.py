@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from cxr.errors import InvalidInput, NotFound
-from decision import reports
+from decision import error_reports
 from registry import audit, repo
 from registry.entities import DecisionStatus, RunOutcome
 from registry.models import utcnow
@@ -27,7 +27,7 @@ CANDIDATES = [
 def setup(db_url):
     with session_scope() as s:
         v = f.version(s)
-        rid = reports.ingest(s, [reports.parse_report(f.report())]).ids[0]
+        rid = error_reports.ingest(s, [error_reports.parse_report(f.report())]).ids[0]
     return v, rid
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from decision import reports
+from decision import error_reports
 from registry import repo
 from registry.export import export_all
 from registry.session import head_revision, session_scope
@@ -17,7 +17,7 @@ def test_export_has_the_full_history(db_url):
         ds = repo.get_or_create_dataset(s, "val", "evaluation", "d" * 64, 10)
         v1 = f.version(s, evaluations={ds.id: f.eval_rows()})
         repo.set_alias(s, "cxr", "production", v1.id, reason="first")
-        rid = reports.ingest(s, [reports.parse_report(f.report())]).ids[0]
+        rid = error_reports.ingest(s, [error_reports.parse_report(f.report())]).ids[0]
         d = repo.create_decision(s, [rid], "p" * 64, [{"treatment": "threshold_calibration", "p_success": 0.5}],
                                  "threshold_calibration", "only one")
         run = repo.start_run(s, d.id, "threshold_calibration", {}, v1.id)

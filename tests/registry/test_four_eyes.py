@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from cxr.errors import InvalidInput
-from decision import reports
+from decision import error_reports
 from registry import audit, repo
 from registry.entities import DecisionStatus
 from registry.repo_decisions import ApprovalRefused
@@ -25,7 +25,7 @@ def _waiting(created_by: str | None = None) -> int:
     """A decision awaiting approval, created by `created_by` (None: DECIDE_ACTOR)."""
     with session_scope() as s:
         f.version(s)
-        rid = reports.ingest(s, [reports.parse_report(f.report())]).ids[0]
+        rid = error_reports.ingest(s, [error_reports.parse_report(f.report())]).ids[0]
         d = repo.create_decision(s, [rid], "p" * 64, [{"treatment": "full_retrain", "needs_approval": True}],
                                  "full_retrain", "needs a person", DecisionStatus.awaiting_approval, actor=created_by)
     return d.id

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from cxr.errors import InvalidInput
-from decision import reports
+from decision import error_reports
 from registry import audit, repo
 from registry.entities import ReportStatus
 from registry.models import utcnow
@@ -46,13 +46,13 @@ def _line(**kw) -> str:
 def test_malformed_reports_name_the_field(change, field):
     line = json.dumps({**f.report(), **change}).replace('"NaN"', "NaN")
     with pytest.raises(InvalidInput) as err:
-        reports.parse_lines([line])
+        error_reports.parse_lines([line])
     assert str(err.value).startswith("line 1: ") and field in str(err.value)
     assert err.value.exit_code == 2 and "\n" not in str(err.value)
 
 
 def test_schema_is_json_schema():
-    schema = reports.json_schema()
+    schema = error_reports.json_schema()
     assert schema["title"] == "ErrorReport" and schema["additionalProperties"] is False
     assert {"model", "version", "pathology", "kind", "counts", "window_start"} <= set(schema["required"])
 
@@ -61,9 +61,9 @@ def test_ingest_file_and_reingest_is_a_no_op(v1, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("\n".join([_line(day=0), "", _line(day=1, pathology="Cardiomegaly")]) + "\n")
     with session_scope() as s:
-        first = reports.ingest_file(s, path)
+        first = error_reports.ingest_file(s, path)
     with session_scope() as s:
-        again = reports.ingest_file(s, path)
+        again = error_reports.ingest_file(s, path)
     assert (first.created, first.existing) == (2, 0)
     assert again.ids == first.ids and (again.created, again.existing) == (0, 2)
     with session_scope(read_only=True) as s:
@@ -74,12 +74,12 @@ def test_ingest_file_and_reingest_is_a_no_op(v1, tmp_path):
 
 
 def test_duplicates_within_one_batch_share_an_id(v1):
-    r = reports.parse_report(_line())
+    r = error_reports.parse_report(_line())
     with session_scope() as s:
-        res = reports.ingest(s, [r, r])
+        res = error_reports.ingest(s, [r, r])
     assert res.ids[0] == res.ids[1] and res.created == 1
     with session_scope() as s:  # one known, one new
-        mixed = reports.ingest(s, [reports.parse_report(_line(day=5)), r])
+        mixed = error_reports.ingest(s, [error_reports.parse_report(_line(day=5)), r])
     assert mixed.ids[1] == res.ids[0] and (mixed.created, mixed.existing) == (1, 1)
 
 
@@ -92,22 +92,22 @@ def test_registry_checks_refuse_the_whole_file(v1, tmp_path, bad, field):
     path = tmp_path / "r.jsonl"
     path.write_text(_line(day=0) + "\n" + json.dumps(f.report(day=1, **bad)) + "\n" + _line(day=2) + "\n")
     with pytest.raises(InvalidInput) as err, session_scope() as s:
-        reports.ingest_file(s, path)
+        error_reports.ingest_file(s, path)
     assert str(err.value).startswith(field)
     with session_scope(read_only=True) as s:
         assert repo.list_reports(s) == [] and audit.list_events(s, entity_type="error_report") == []
 
 
 def test_bulk_ingest_many(v1):
-    parsed = [reports.parse_report(_line(day=i % 50, site=f"site-{i // 50}")) for i in range(600)]
+    parsed = [error_reports.parse_report(_line(day=i % 50, site=f"site-{i // 50}")) for i in range(600)]
     with session_scope() as s:
-        res = reports.ingest(s, parsed)
+        res = error_reports.ingest(s, parsed)
     assert res.created == 600 and len(set(res.ids)) == 600
 
 
 def _seed(n: int) -> list[int]:
     with session_scope() as s:
-        return reports.ingest(s, [reports.parse_report(_line(day=i)) for i in range(n)]).ids
+        return error_reports.ingest(s, [error_reports.parse_report(_line(day=i)) for i in range(n)]).ids
 
 
 def test_claim_release_and_transitions(v1):

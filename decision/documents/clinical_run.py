@@ -2,7 +2,7 @@
 
 Two ways in. Files: read every film (`cxr.images.read_batch`; an unreadable one stops the batch
 unless `keep_going`), score them with a registered version. An error report: its listed cases
-(image ids) are looked up in the site's registered feedback sets (`decision.case_maps.find_films`)
+(image ids) are looked up in the site's registered feedback sets (`decision.documents.case_maps.find_films`)
 and explained under the version the report is about, unless another is asked for. One study
 gives one page; several give one page each and an index. Returns plain JSON-ready data.
 """
@@ -16,8 +16,8 @@ from typing import Any
 from cxr.errors import InvalidInput
 from cxr.images import read_batch
 from cxr.labelstats import nih_reference_stats
-from decision.clinical_html import write_batch, write_study
-from decision.clinical_report import StudyView, build_studies, version_view
+from decision.documents.clinical import StudyView, build_studies, version_view
+from decision.documents.clinical_html import write_batch, write_study
 from decision.scoring import LoadedVersion, expand_inputs, load_version, refuse_failures
 
 SINGLE_DEFAULT, BATCH_DEFAULT = Path("clinical-report.html"), Path("clinical-reports")
@@ -56,8 +56,8 @@ def report_from_error_report(report_id: int, *, version: str | None = None, site
                              out: Path | None = None, max_cases: int = 10) -> dict[str, Any]:
     """Report on the first `max_cases` films an error report lists as cases (its worst first), under the
     report's version (or `version`)."""
-    from decision.case_maps import find_films
     from decision.catalog import Catalog
+    from decision.documents.case_maps import find_films
     from registry import repo
     from registry.session import session_scope
     from registry.settings import get_settings

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr.files import atomic_write
-from decision.clinical_report import DISCLAIMER, UNIFORM_BORDER_MASS, FindingView, StudyView, VersionView
-from decision.report_html import SCRIPT
+from decision.documents.clinical import DISCLAIMER, UNIFORM_BORDER_MASS, FindingView, StudyView, VersionView
+from decision.documents.registry_html import SCRIPT
 
 CSS = """
 *{box-sizing:border-box}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -47,9 +46,11 @@ from pydantic import (
 )
 from sqlalchemy.orm import Session
 
+from cxr import clock
 from cxr.errors import InvalidInput, NotFound
+from cxr.kinds import METRICS, IssueKind, metrics_of
 from registry import repo
-from registry.entities import IngestResult, ReportKind
+from registry.entities import IngestResult
 
 MAX_LINE_BYTES = 1_000_000
 MAX_CASES = 500
@@ -60,41 +61,6 @@ CLOCK_SKEW = timedelta(minutes=5)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 #: how far `value` may sit from the rate its counts give, at most (one decimal's rounding)
 MAX_ROUNDING = 0.05
-
-
-@dataclass(frozen=True)
-class MetricRule:
-    """A metric: the kind of issue it measures, its range, and how counts give it (if they do)."""
-
-    kind: str
-    lo: float
-    hi: float
-    #: (numerator, denominator terms) over the confusion counts, when the metric is a rate of them
-    rate: tuple[str, tuple[str, ...]] | None = None
-    lower_is_better: bool = False
-
-
-_FP, _FN = ("fp", "tn"), ("tp", "fn")
-#: The vocabulary: metric → rule. A kind's metrics are the ones naming it.
-METRICS: dict[str, MetricRule] = {
-    "fpr": MetricRule("false_positives", 0.0, 1.0, ("fp", _FP), lower_is_better=True),
-    "specificity": MetricRule("false_positives", 0.0, 1.0, ("tn", _FP)),
-    "recall": MetricRule("false_negatives", 0.0, 1.0, ("tp", _FN)),
-    "sensitivity": MetricRule("false_negatives", 0.0, 1.0, ("tp", _FN)),
-    "fnr": MetricRule("false_negatives", 0.0, 1.0, ("fn", _FN), lower_is_better=True),
-    "auroc": MetricRule("auroc_drop", 0.0, 1.0),
-    "ece": MetricRule("calibration_drift", 0.0, 1.0, lower_is_better=True),
-    "brier": MetricRule("calibration_drift", 0.0, 1.0, lower_is_better=True),
-    "parameters": MetricRule("footprint", 0.0, 1e12, lower_is_better=True),
-    "parameter_fraction": MetricRule("footprint", 0.0, 1.0, lower_is_better=True),
-    "size_mb": MetricRule("footprint", 0.0, 1e7, lower_is_better=True),
-    "latency_ms": MetricRule("footprint", 0.0, 1e7, lower_is_better=True),
-}
-
-
-def metrics_of(kind: str) -> list[str]:
-    """The metrics a report of `kind` may carry."""
-    return [m for m, rule in METRICS.items() if rule.kind == kind]
 
 
 # -- text: what may reach a terminal, a file name or the HTML report ---------------------------------
@@ -186,10 +152,10 @@ class ErrorReport(BaseModel):
     model: Annotated[str, Field(strict=True, min_length=1, max_length=128, description="Model name")]
     version: Annotated[int, Field(strict=True, ge=1, le=MAX_INT, description="Version number of that model")]
     pathology: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
-    kind: ReportKind
+    kind: IssueKind
     metric: Annotated[str, Field(strict=True, min_length=1, max_length=32, json_schema_extra={"enum": list(METRICS)},
                                  description="one of the kind's metrics: " + "; ".join(
-                                     f"{k.value}: {', '.join(metrics_of(k.value))}" for k in ReportKind))]
+                                     f"{k.value}: {', '.join(metrics_of(k.value))}" for k in IssueKind))]
     value: Finite
     target: Finite
     site: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
@@ -250,7 +216,7 @@ class ErrorReport(BaseModel):
         start = info.data.get("window_start")
         if start is not None and not start < v:
             raise ValueError(f"window_end {v.isoformat()} is not after window_start {start.isoformat()}")
-        if v > datetime.now(UTC) + CLOCK_SKEW:
+        if v > clock.now() + CLOCK_SKEW:
             raise ValueError(f"{v.isoformat()} is in the future")
         return v
 

@@ -16,7 +16,7 @@ registered version at its operating points (per site when asked):
 * a footer: the version, its lineage with the treatments that made it, its recorded evaluation
   (AUROC with 95% DeLong intervals) and a decision-support disclaimer.
 
-This module computes plain values (`StudyView`, `VersionView`); `decision/clinical_html.py`
+This module computes plain values (`StudyView`, `VersionView`); `decision/documents/clinical_html.py`
 renders them. Nothing here is a diagnosis: it is a model's output, explained.
 """
 
@@ -157,7 +157,7 @@ def _overlay_png(display: np.ndarray, heat: np.ndarray, title: str) -> bytes:
     from scipy.ndimage import zoom
 
     from cxr.gradcam import draw_overlay
-    from decision.report_plots import _png
+    from decision.documents.plots import _png
 
     if heat.shape != display.shape:
         heat = np.clip(zoom(heat, (display.shape[0] / heat.shape[0], display.shape[1] / heat.shape[1]), order=1),
@@ -171,7 +171,7 @@ def _overlay_png(display: np.ndarray, heat: np.ndarray, title: str) -> bytes:
 def _film_png(display: np.ndarray) -> bytes:
     from matplotlib.figure import Figure
 
-    from decision.report_plots import _png
+    from decision.documents.plots import _png
 
     fig = Figure(figsize=(3.6, 3.6), dpi=100)
     ax = fig.subplots()

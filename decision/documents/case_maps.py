@@ -51,7 +51,7 @@ def case_grid(cat: Catalog, url: str | None, report: ReportEntity, versions: lis
         return None
     from matplotlib.figure import Figure
 
-    from decision.report_plots import _png
+    from decision.documents.plots import _png
 
     cells: list[dict[str, Any]] = []
     maps = []

@@ -1,7 +1,7 @@
 """A self-contained HTML report of the registry, for people who will not run a command line.
 
 One file, no network: the plots are PNGs embedded as data URIs (matplotlib, see
-`decision/report_plots.py`), the tables are plain HTML, every value from the data is escaped.
+`decision/documents/plots.py`), the tables are plain HTML, every value from the data is escaped.
 A small inline script checks, once the page has loaded, that every plot image decoded
 (`data-loaded-width` on each image, a summary in `#image-check`), so a headless browser can prove
 the plots show.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.files import atomic_write
-from decision.report_plots import (
+from decision.documents.plots import (
     auroc_history_plot,
     auroc_plots,
     ksweep_plot,
@@ -132,9 +132,9 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
 
     `extra` may hold `timings` (name → seconds), `acceptance` (the demo's final checks),
     `summary_lines` (free text lines shown under the title), `case_figures` ((caption, PNG)
-    pairs: Grad-CAM grids of a report's cases, from `decision.case_maps`) and `channel_figures`
+    pairs: Grad-CAM grids of a report's cases, from `decision.documents.case_maps`) and `channel_figures`
     ((caption, PNG, …) tuples: label exclusivity and polarized channels, from
-    `decision.report_paper.channel_figures`).
+    `decision.documents.paper.channel_figures`).
     """
     extra = extra or {}
     audit = export.get("audit_verification") or {}

@@ -1,6 +1,6 @@
 """The paper's figures for a registry: label exclusivity, polarized channels, treatments, AUROC history.
 
-Two users: `report.html` (the demo's, `decision/report_html.py`), which gets the channel figures
+Two users: `report.html` (the demo's, `decision/documents/registry_html.py`), which gets the channel figures
 through `channel_figures(export, home)` — they need the production weights, which the export only
 names by digest — and `decide analyze figures`, which writes every figure as a PNG file. The
 treatment and AUROC-history figures need only the export.
@@ -15,7 +15,7 @@ from typing import Any
 from cxr.channels import polarized_channels
 from cxr.labelstats import nih_reference_stats
 from cxr.weights import from_bytes
-from decision.report_plots import auroc_history_plot, channel_figure, jaccard_heatmap, treatment_plot
+from decision.documents.plots import auroc_history_plot, channel_figure, jaccard_heatmap, treatment_plot
 
 log = logging.getLogger(__name__)
 
