@@ -8,54 +8,43 @@ by T² (Hinton et al.). Known true labels add the usual masked BCE:
     loss = T² · mean_k BCE(σ(z_s/T), σ(z_t/T)) + w_label · masked BCE(z_s, y)
 
 The teacher runs on the same augmented batch as the student. Training is the
-house loop of `cxr.train` (AdamW, one-cycle, seeded by epoch and batch, an
-atomic checkpoint after every epoch): a run interrupted and started again with
-the same checkpoint folder resumes and ends with the same weights. Structured
-pruning reuses it to fine-tune a pruned model from its own reconstructed
-weights (`init_state`) with the unpruned parent as teacher.
+house loop `cxr.train.fit` (AdamW, one-cycle, seeded by epoch and batch, an
+atomic checkpoint after every epoch) with this loss as its step: a run
+interrupted and started again with the same checkpoint folder resumes and ends
+with the same weights. Structured pruning reuses it to fine-tune a pruned model
+from its own reconstructed weights (`init_state`) with the unpruned parent as
+teacher.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import OneCycleLR
 
 from cxr.data import CXRDataset
 from cxr.errors import InvalidInput
-from cxr.model import CXRDenseNet, build_model
+from cxr.model import CXRDenseNet
 from cxr.spec import ArchSpec
-from cxr.train import ProgressFn, TrainResult, _augment, _load_checkpoint, _save_checkpoint, masked_bce
+from cxr.train import AugmentFn, ProgressFn, TrainConfig, TrainResult, fit, masked_bce
 from cxr.weights import tensors_digest
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    epochs: int = 5
-    batch_size: int = 64
+class DistillConfig(TrainConfig):
+    """The house `TrainConfig` (a lower default lr) plus the temperature and the weight of the true labels.
+
+    Its own fields follow the inherited ones: pass them by keyword."""
+
     lr: float = 2e-3
-    weight_decay: float = 1e-4
     temperature: float = 2.0
     label_weight: float = 1.0  # weight of the true-label BCE beside the T²-scaled soft term
-    seed: int = 0
-    augment: bool = True
-    threads: int | None = None  # None: torch.get_num_threads() (physical cores, or OMP_NUM_THREADS)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InvalidInput("must be at least 1", field=name)
-        if not 0 < self.lr < 1:
-            raise InvalidInput("must be in (0, 1)", field="lr")
+        super().__post_init__()
         if self.temperature <= 0:
             raise InvalidInput("must be positive", field="temperature")
         if self.label_weight < 0:
@@ -70,6 +59,12 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Ten
     return soft + label_weight * masked_bce(student, labels) if label_weight else soft
 
 
+def _short_one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int) -> OneCycleLR:
+    """One cycle that warms up a quarter of the steps, and at least 1.5 of them (a short fine-tune)."""
+    n = max(total_steps, 3)
+    return OneCycleLR(opt, max_lr=max_lr, total_steps=n, pct_start=min(0.5, max(0.25, 1.5 / n)))
+
+
 def distill(
     student_spec: ArchSpec,
     teacher: CXRDenseNet,
@@ -80,7 +75,7 @@ def distill(
     checkpoint_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     stop_after_epoch: int | None = None,
-    augment_fn: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    augment_fn: AugmentFn | None = None,
 ) -> TrainResult:
     """Train a `student_spec` model on `data` against `teacher` (eval mode, frozen); resumable.
 
@@ -95,59 +90,15 @@ def distill(
         raise InvalidInput("student and teacher must have the same outputs", field="spec.pathologies")
     if data.resolution != student_spec.resolution or teacher.spec.resolution != student_spec.resolution:
         raise InvalidInput("student, teacher and data must share one resolution", field="resolution")
-    if cfg.threads:  # else torch's own setting: OMP_NUM_THREADS, or what the caller chose
-        torch.set_num_threads(cfg.threads)
     teacher.eval()
-    labels = torch.from_numpy(data.aligned_labels(student_spec.pathologies))
-    model = build_model(student_spec, seed=cfg.seed)
-    if init_state is not None:
-        model.load_state_dict(init_state, strict=True)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = -(-len(data) // cfg.batch_size)
-    total = cfg.epochs * steps  # warm up a quarter of the steps, and at least 1.5 (a short fine-tune)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 3),
-                                                pct_start=min(0.5, max(0.25, 1.5 / max(total, 3))))
-    c = asdict(cfg)
-    c.pop("threads")
-    fp = json.dumps({"kind": "distill", "spec": student_spec.digest(), "data": data.digest(), "cfg": c,
-                     "teacher": tensors_digest(teacher.state_dict()),
-                     "init": tensors_digest(init_state) if init_state is not None else None}, sort_keys=True)
-    ckpt = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir else None
-    start = _load_checkpoint(ckpt, model, opt, sched, fp) if ckpt and ckpt.is_file() else 0
-    result = TrainResult(model=model, resumed_from_epoch=start)
-    t_all = time.perf_counter()
-    for epoch in range(start + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(data))
-        total, seen = 0.0, 0
-        for b in range(steps):
-            idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-            x = data.images(idx)
-            if cfg.augment:
-                x = (augment_fn or _augment)(x, np.random.default_rng([cfg.seed, epoch, b]))
-            xt = torch.from_numpy(x)
-            with torch.no_grad():
-                zt = teacher(xt)
-            loss = distill_loss(model(xt), zt, labels[idx], cfg.temperature, cfg.label_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-            if progress:
-                progress("batch", b + 1, steps, {"epoch": epoch, "loss": total / seen})
-        dt = time.perf_counter() - t0
-        stats = {"epoch": epoch, "loss": total / seen, "seconds": dt, "images_per_s": seen / dt}
-        result.history.append(stats)
-        log.info("distillation epoch %d: loss %.4f", epoch, stats["loss"])
-        if ckpt:
-            _save_checkpoint(ckpt, model, opt, sched, epoch, fp)
-        if progress:
-            progress("epoch", epoch, cfg.epochs, stats)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    result.seconds = time.perf_counter() - t_all
-    model.eval()
-    return result
+
+    def step(model: CXRDenseNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            zt = teacher(x)
+        return distill_loss(model(x), zt, y, cfg.temperature, cfg.label_weight)
+
+    # the fingerprint's "kind" and "teacher" keep a distillation checkpoint apart from a training one
+    job = {"kind": "distill", "teacher": tensors_digest(teacher.state_dict())}
+    return fit(student_spec, data, cfg, step, init_state=init_state, job=job, schedule=_short_one_cycle,
+               checkpoint_dir=checkpoint_dir, progress=progress, stop_after_epoch=stop_after_epoch,
+               augment_fn=augment_fn, log_as="distillation epoch")

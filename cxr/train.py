@@ -1,12 +1,15 @@
-"""Training loop: masked BCE, AdamW, one-cycle schedule, seeded, resumable.
+"""The house training loop: AdamW, one-cycle schedule, seeded, resumable; `train` runs it on masked BCE.
 
+* `fit` is the one loop. Its caller supplies the per-batch loss (`StepFn`) and, when it differs, the
+  schedule and what else identifies the job; ordinary training (`train`, masked BCE on the labels)
+  and distillation (`cxr.distill`, a teacher's soft targets) are both `fit`.
 * Masked BCE: a NaN label (unknown) contributes nothing, as in torchxrayvision.
 * Seeded end to end: initial weights, data order and augmentation depend only
   on `TrainConfig.seed` and the epoch, so a resumed run ends with the same
   weights as an uninterrupted one.
 * A checkpoint (model + optimizer + schedule, safetensors) is written
-  atomically after every epoch; `train(..., checkpoint_dir=...)` resumes from
-  it when spec, data and config match.
+  atomically after every epoch; `fit(..., checkpoint_dir=...)` resumes from
+  it when the job's fingerprint (spec, data, config, initial weights, `job`) matches.
 * Progress is reported through a callback; the CLI draws a rich progress bar.
 """
 
@@ -35,10 +38,18 @@ log = logging.getLogger(__name__)
 
 #: progress(phase, done, total, info): phase is "epoch" or "batch"
 ProgressFn = Callable[[str, int, int, dict], None]
+#: step(model, x, y) -> loss: the loss of one batch, images `x` (augmented) with their labels `y` (NaN unknown)
+StepFn = Callable[[CXRDenseNet, torch.Tensor, torch.Tensor], torch.Tensor]
+#: schedule(optimizer, max_lr, total_steps) -> the learning-rate schedule, stepped after every batch
+ScheduleFn = Callable[[torch.optim.Optimizer, float, int], torch.optim.lr_scheduler.LRScheduler]
+#: augment(x, rng) -> x: a training batch's images changed the way `rng` draws
+AugmentFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What `fit` needs of a job; a job with more knobs (`cxr.distill.DistillConfig`) extends it."""
+
     epochs: int = 5
     batch_size: int = 64
     lr: float = 4e-3
@@ -85,10 +96,12 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out * scale + shift, -1024, 1024)
 
 
-def _fingerprint(spec: ArchSpec, data: CXRDataset, cfg: TrainConfig, init: str | None = None) -> str:
+def _fingerprint(spec: ArchSpec, data: CXRDataset, cfg: TrainConfig, init: str | None, job: dict) -> str:
+    """What a checkpoint must have been written by to be resumed. The keys and their JSON are part of the
+    checkpoint format: a checkpoint written before is resumed only while this string stays the same."""
     c = asdict(cfg)
     c.pop("threads")  # thread count does not change the job
-    return json.dumps({"spec": spec.digest(), "data": data.digest(), "cfg": c, "init": init}, sort_keys=True)
+    return json.dumps({"spec": spec.digest(), "data": data.digest(), "cfg": c, "init": init} | job, sort_keys=True)
 
 
 def _save_checkpoint(path: Path, model: CXRDenseNet, opt: torch.optim.Optimizer, sched, epoch: int, fp: str) -> None:
@@ -126,28 +139,39 @@ def _load_checkpoint(path: Path, model: CXRDenseNet, opt: torch.optim.Optimizer,
     return int(meta["epoch"])
 
 
-def train(
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """`train`'s schedule: one cycle over the run, warming up for a quarter of the steps."""
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=0.25)
+
+
+def fit(
     spec: ArchSpec,
     data: CXRDataset,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig,
+    step: StepFn,
     *,
+    init_state: dict[str, torch.Tensor] | None = None,
+    job: dict | None = None,
+    schedule: ScheduleFn = one_cycle,
     checkpoint_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     stop_after_epoch: int | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-    augment_fn: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    augment_fn: AugmentFn | None = None,
+    log_as: str = "epoch",
 ) -> TrainResult:
-    """Train a model for `spec` on `data`; resume from `checkpoint_dir` when possible.
+    """Fit a model for `spec` to `data`, minimising `step`'s loss by AdamW; resume from `checkpoint_dir`.
 
-    `stop_after_epoch` ends the run early (as an interruption would), leaving the
-    checkpoint for a later call to resume from. `init_state` starts from given
-    weights (fine-tuning a parent version) instead of a seeded initialisation;
-    `augment_fn(x, rng)` replaces the default augmentation (e.g. site-style).
+    The model starts from `build_model(spec, seed=cfg.seed)`, or from `init_state`. Each epoch visits
+    `data` in an order drawn from (seed, epoch); each batch is augmented (when `cfg.augment`: by
+    `augment_fn`, else small shifts and exposure jitter) with a generator seeded by (seed, epoch,
+    batch), then `step(model, x, y)` gives its loss. `schedule(opt, cfg.lr, total_steps)` makes the
+    learning-rate schedule. After every epoch the model, optimizer and schedule are checkpointed; a
+    checkpoint is resumed only by the job that wrote it: the same spec, data, config (but threads),
+    initial weights and `job` (what else identifies the run, e.g. a teacher's digest).
+    `stop_after_epoch` ends the run early (as an interruption would). `log_as` names the epoch in
+    the log. The caller has checked `data` (non-empty, the spec's resolution). Returns the model in
+    eval mode with one history entry per epoch run here.
     """
-    if len(data) == 0:
-        raise InvalidInput("the training set is empty", field="data")
-    if data.resolution != spec.resolution:
-        raise InvalidInput(f"data at {data.resolution}px, model expects {spec.resolution}px", field="resolution")
     if cfg.threads:  # else torch's own setting: OMP_NUM_THREADS, or what the caller chose
         torch.set_num_threads(cfg.threads)
     labels = torch.from_numpy(data.aligned_labels(spec.pathologies))
@@ -157,10 +181,9 @@ def train(
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(data) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25
-    )
-    fp = _fingerprint(spec, data, cfg, tensors_digest(init_state) if init_state is not None else None)
+    sched = schedule(opt, cfg.lr, cfg.epochs * steps_per_epoch)
+    init = tensors_digest(init_state) if init_state is not None else None
+    fp = _fingerprint(spec, data, cfg, init, job or {})
     ckpt = Path(checkpoint_dir) / "last.safetensors" if checkpoint_dir else None
     start = _load_checkpoint(ckpt, model, opt, sched, fp) if ckpt and ckpt.is_file() else 0
     result = TrainResult(model=model, resumed_from_epoch=start)
@@ -174,7 +197,7 @@ def train(
             x = data.images(idx)
             if cfg.augment:
                 x = (augment_fn or _augment)(x, np.random.default_rng([cfg.seed, epoch, b]))
-            loss = masked_bce(model(torch.from_numpy(x)), labels[idx])
+            loss = step(model, torch.from_numpy(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,7 +209,7 @@ def train(
         dt = time.perf_counter() - t0
         stats = {"epoch": epoch, "loss": total / seen, "seconds": dt, "images_per_s": seen / dt}
         result.history.append(stats)
-        log.info("epoch %d: loss %.4f, %.0f images/s", epoch, stats["loss"], stats["images_per_s"])
+        log.info("%s %d: loss %.4f, %.0f images/s", log_as, epoch, stats["loss"], stats["images_per_s"])
         if ckpt:
             _save_checkpoint(ckpt, model, opt, sched, epoch, fp)
         if progress:
@@ -196,3 +219,34 @@ def train(
     result.seconds = time.perf_counter() - t_all
     model.eval()
     return result
+
+
+def _bce_step(model: CXRDenseNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return masked_bce(model(x), y)
+
+
+def train(
+    spec: ArchSpec,
+    data: CXRDataset,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    checkpoint_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    stop_after_epoch: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    augment_fn: AugmentFn | None = None,
+) -> TrainResult:
+    """Train a model for `spec` on `data` (masked BCE on its labels); resume from `checkpoint_dir` when possible.
+
+    `stop_after_epoch` ends the run early (as an interruption would), leaving the
+    checkpoint for a later call to resume from. `init_state` starts from given
+    weights (fine-tuning a parent version) instead of a seeded initialisation;
+    `augment_fn(x, rng)` replaces the default augmentation (e.g. site-style).
+    Raises `InvalidInput` for an empty set or data at another resolution than the spec's.
+    """
+    if len(data) == 0:
+        raise InvalidInput("the training set is empty", field="data")
+    if data.resolution != spec.resolution:
+        raise InvalidInput(f"data at {data.resolution}px, model expects {spec.resolution}px", field="resolution")
+    return fit(spec, data, cfg, _bce_step, init_state=init_state, checkpoint_dir=checkpoint_dir, progress=progress,
+               stop_after_epoch=stop_after_epoch, augment_fn=augment_fn)

@@ -22,22 +22,21 @@ from pydantic import Field
 from cxr.distill import DistillConfig, distill
 from cxr.footprint import backbone_parameters
 from cxr.infer import predict_probs
-from cxr.model import build_model, parameter_count
+from cxr.model import CXRDenseNet, build_model, parameter_count
 from cxr.spec import ArchSpec
 from treatments.base import PlanningContext, ReportInfo, TreatmentContext, TreatmentDeclined, TreatmentResult
-from treatments.footprint import (
-    _Common,
+from treatments.footprint_base import (
+    FOOTPRINT_ARTIFACT,
+    FootprintParams,
+    FootprintTreatment,
     budget_parameters,
     calibration_images,
-    describe,
-    footprint_applicable,
     matched_thresholds,
-    parent_model,
-    torch_latency,
+    measure,
 )
 
 
-class DistillationParams(_Common):
+class DistillationParams(FootprintParams):
     growth_rate: int | None = Field(None, ge=1, description="Student growth rate (default: half the parent's).")
     block_config: tuple[int, ...] | None = Field(None, description="Student layers per block (default: the parent's).")
     num_init_features: int | None = Field(None, ge=1)
@@ -61,21 +60,15 @@ def student_spec(parent: ArchSpec, p: DistillationParams) -> ArchSpec:
     )
 
 
-class Distillation:
+class Distillation(FootprintTreatment[DistillationParams]):
     name = "distillation"
-    fixes = frozenset({"footprint"})
-    head_only = False
+    params_model = DistillationParams
 
-    def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
-        ok, why = footprint_applicable(report, planning)
-        if not ok:
-            return ok, why
+    def more_preconditions(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
         spec = student_spec(planning.spec, DistillationParams.model_validate(planning.params))
         return True, f"trains a {parameter_count(build_model(spec)):,}-parameter student on the parent's logits"
 
-    def apply(self, ctx: TreatmentContext) -> TreatmentResult:
-        p = DistillationParams.model_validate(ctx.params)
-        parent = parent_model(ctx)
+    def treat(self, ctx: TreatmentContext, p: DistillationParams, parent: CXRDenseNet) -> TreatmentResult:
         spec = student_spec(ctx.spec, p)
         budget = budget_parameters(ctx.report, ctx.spec)
         n = parameter_count(build_model(spec))
@@ -90,9 +83,7 @@ class Distillation:
         res = distill(spec, parent, data, cfg, checkpoint_dir=_checkpoints(ctx, spec, p))
         student = res.model.eval()
         state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        lat = torch_latency(ctx, parent, student, batch=p.latency_batch, repeats=p.latency_repeats) \
-            if p.measure_latency or budget is None else None
-        fp = describe(spec, state, ctx.spec, dlogit=None, latency=lat)
+        fp = measure(ctx, p, parent, spec, state, student, dlogit=None, latency_needed=budget is None)
         share = backbone_parameters(spec) / backbone_parameters(ctx.spec)
         h = res.history
         notes = (f"distilled a {n:,}-parameter student (growth rate {spec.growth_rate}, blocks "
@@ -103,7 +94,7 @@ class Distillation:
         return TreatmentResult(
             spec=spec, state=state, thresholds=matched_thresholds(ctx, predict_probs(student, cal)),
             trainable_parameters=n, notes=notes,
-            artifacts={"footprint": fp, "history": h, "student": json.loads(spec.to_json())},
+            artifacts={FOOTPRINT_ARTIFACT: fp, "history": h, "student": json.loads(spec.to_json())},
         )
 
 

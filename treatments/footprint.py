@@ -8,7 +8,10 @@ architecture (`TreatmentResult.spec` + `state`) and puts what it measured in
 `artifacts["footprint"]` (the gate's `measured` numbers: parameters,
 parameter_fraction, size_mb, latency_ms with the CPU flags, dtype, runtime,
 max_abs_dlogit). The gate then checks the target *and* non-inferiority of
-every pathology on held-out data, as for every treatment.
+every pathology on held-out data, as for every treatment. What they share —
+preconditions, parameters, the parent, how a candidate is measured — is
+`treatments.footprint_base.FootprintTreatment`; each class here says only
+what it does.
 
 * `lossless_compression` (cxr/compress.py) changes no output beyond float
   rounding: it refuses to propose a model whose logits moved more than
@@ -31,15 +34,13 @@ every pathology on held-out data, as for every treatment.
 from __future__ import annotations
 
 import importlib.util
-import math
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from cxr.compress import compress_lossless, max_abs_dlogit
-from cxr.footprint import backbone_parameters, latency_record, measure_latency, ort_runner, torch_runner
+from cxr.compress import compress_lossless
+from cxr.footprint import measure_latency, ort_runner, torch_runner
 from cxr.infer import predict_probs
 from cxr.model import CXRDenseNet, build_model, parameter_count
 from cxr.prune import Importance, prune_and_reconstruct, pruned_spec, ratio_for_parameters, search_ratio
@@ -47,147 +48,39 @@ from cxr.quantize import OrtModel, float16_spec, int8_spec, int8_state, quantize
 from cxr.spec import ArchSpec
 from cxr.weights import to_bytes
 from treatments.base import PlanningContext, ReportInfo, TreatmentContext, TreatmentDeclined, TreatmentResult
-from treatments.operating import match_recall
-
-METRICS = ("parameters", "parameter_fraction", "size_mb", "latency_ms")
-
-
-# -- shared helpers ------------------------------------------------------------------------------
-def parent_model(ctx: TreatmentContext) -> CXRDenseNet:
-    if ctx.load_state is None:
-        raise ValueError("this treatment needs the parent's weights")
-    if ctx.spec.runtime != "torch":
-        raise ValueError(f"the parent runs in {ctx.spec.runtime}: treat its float parent instead")
-    m = build_model(ctx.spec)
-    m.load_state_dict(ctx.load_state(), strict=True)
-    return m.eval()
-
-
-def images(ctx: TreatmentContext, role: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `n` images of the context's `role` set ("train" or "calibration") and their labels."""
-    data = (ctx.image_data or {}).get(role)
-    if data is None or len(data) == 0:
-        raise ValueError(f"this treatment needs the {role} images")
-    idx = np.sort(np.random.default_rng(seed).permutation(len(data))[:n])
-    return data.images(idx), data.aligned_labels(ctx.spec.pathologies)[idx]
-
-
-def calibration_images(ctx: TreatmentContext):
-    """The calibration images, in the calibration split's order (thresholds are matched row by row)."""
-    cal = (ctx.image_data or {}).get("calibration")
-    if cal is None or tuple(cal.image_ids) != tuple(ctx.calibration.image_ids):
-        raise ValueError("this treatment needs the calibration images, in the calibration split's order")
-    return cal
-
-
-def footprint_applicable(report: ReportInfo, planning: PlanningContext, metrics=METRICS) -> tuple[bool, str]:
-    if report.kind != "footprint":
-        return False, "treats footprint reports only"
-    if report.metric not in metrics:
-        return False, f"cannot act on metric {report.metric!r} (it acts on {', '.join(metrics)})"
-    if planning.spec.runtime != "torch":
-        return False, f"the version runs in {planning.spec.runtime}; treat its float parent"
-    return True, ""
-
-
-def budget_parameters(report: ReportInfo, parent: ArchSpec, bytes_per_parameter: float = 4.0) -> int | None:
-    """The largest parameter count the report's target allows (None for a latency target)."""
-    n = parameter_count(build_model(parent))
-    if report.metric == "parameters":
-        return int(report.target)
-    if report.metric == "parameter_fraction":
-        return math.floor(report.target * n)
-    if report.metric == "size_mb":
-        return int(report.target * 1e6 / bytes_per_parameter)
-    return None
-
-
-def meets(report: ReportInfo, fp: dict[str, Any]) -> bool:
-    v = fp.get(report.metric)
-    v = v.get("value") if isinstance(v, dict) else v
-    return v is not None and v <= report.target
-
-
-def describe(spec: ArchSpec, state: dict[str, torch.Tensor], parent: ArchSpec, *, dlogit: float | None,
-             latency: dict[str, Any] | None = None) -> dict[str, Any]:
-    """artifacts["footprint"]: the gate's numbers for a candidate (spec, state) vs its parent."""
-    data, _w = to_bytes(spec, state)
-    n, n_parent = parameter_count(build_model(spec)), parameter_count(build_model(parent))
-    bb, bb_parent = backbone_parameters(spec), backbone_parameters(parent)
-    out: dict[str, Any] = {
-        "parameters": n, "parameter_fraction": round(n / n_parent, 6), "parent_parameters": n_parent,
-        "backbone_parameters": bb, "backbone_fraction": round(bb / bb_parent, 6),
-        "size_bytes": len(data), "size_mb": round(len(data) / 1e6, 6), "dtype": spec.dtype, "runtime": spec.runtime,
-        "max_abs_dlogit": dlogit,
-    }
-    if latency is not None:
-        out["latency_ms"] = latency
-    return out
-
-
-def torch_latency(ctx: TreatmentContext, parent: CXRDenseNet, cand: CXRDenseNet | None, cand_runner=None,
-                  *, batch: int, repeats: int) -> dict[str, Any]:
-    """Candidate vs parent ms/image, interleaved, at `batch` (and 1)."""
-    s = ctx.spec
-    runners = {"parent": torch_runner(parent), "candidate": cand_runner or torch_runner(cand)}
-    got = measure_latency(runners, (s.in_channels, s.resolution, s.resolution), tuple(sorted({1, batch})),
-                          repeats=repeats, seed=ctx.seed)
-    return latency_record(got, "candidate", "parent", batch)
-
-
-def matched_thresholds(ctx: TreatmentContext, new_probs: np.ndarray) -> dict[str, float | None]:
-    """Every pathology's threshold moved so that it detects as many calibration positives as before."""
-    old = 1.0 / (1.0 + np.exp(-(ctx.calibration.features @ ctx.head_weight.T + ctx.head_bias)))
-    labels = ctx.calibration.labels
-    out = dict(ctx.thresholds)
-    for k, name in enumerate(ctx.spec.pathologies):
-        t = ctx.thresholds.get(name)
-        known = ~np.isnan(labels[:, k])
-        if t is None or not (labels[known, k] == 1).any():
-            continue
-        out[name] = match_recall(labels[known, k], old[known, k], new_probs[known, k], t)
-    return out
-
-
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    latency_batch: int = Field(8, ge=1, le=256, description="Batch size of latency targets and figures.")
-    latency_repeats: int = Field(5, ge=1, le=50)
-    measure_latency: bool = Field(True, description="Time candidate vs parent side by side (CPU).")
-    check_images: int = Field(256, ge=8, description="Calibration images for the max |Δlogit| check.")
+from treatments.footprint_base import (
+    FOOTPRINT_ARTIFACT,
+    FootprintParams,
+    FootprintTreatment,
+    budget_parameters,
+    calibration_images,
+    candidate_model,
+    check_dlogit,
+    images,
+    matched_thresholds,
+    measure,
+    meets,
+)
 
 
 # -- lossless compression ------------------------------------------------------------------------
-class LosslessParams(_Common):
+class LosslessParams(FootprintParams):
     tolerance: float = Field(1e-4, gt=0, description="Largest |Δlogit| on calibration images still 'lossless'.")
 
 
-class LosslessCompression:
+class LosslessCompression(FootprintTreatment[LosslessParams]):
     name = "lossless_compression"
-    fixes = frozenset({"footprint"})
-    head_only = False
+    params_model = LosslessParams
+    summary = "removes provably constant bottleneck channels; outputs unchanged"
 
-    def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
-        ok, why = footprint_applicable(report, planning)
-        return ok, why or "removes provably constant bottleneck channels; outputs unchanged"
-
-    def apply(self, ctx: TreatmentContext) -> TreatmentResult:
-        p = LosslessParams.model_validate(ctx.params)
-        parent = parent_model(ctx)
+    def treat(self, ctx: TreatmentContext, p: LosslessParams, parent: CXRDenseNet) -> TreatmentResult:
         comp = compress_lossless(parent)
-        cand = build_model(comp.spec)
-        cand.load_state_dict(comp.state, strict=True)
-        cand.eval()
-        x, _ = images(ctx, "calibration", p.check_images, ctx.seed)
-        batches = [torch.from_numpy(x[s:s + 64]) for s in range(0, len(x), 64)]
-        dlogit = max_abs_dlogit(parent, cand, batches)
+        cand = candidate_model(comp.spec, comp.state)
+        dlogit = check_dlogit(ctx, p, parent, cand)
         if dlogit > p.tolerance:
             raise ValueError(f"compression moved logits by {dlogit:.2e} > tolerance {p.tolerance:g}: not lossless")
-        lat = torch_latency(ctx, parent, cand, batch=p.latency_batch, repeats=p.latency_repeats) \
-            if p.measure_latency else None
-        fp = describe(comp.spec, comp.state, ctx.spec, dlogit=dlogit, latency=lat)
-        artifacts = {"footprint": fp, "compression": comp.summary()}
+        fp = measure(ctx, p, parent, comp.spec, comp.state, cand, dlogit=dlogit)
+        artifacts = {FOOTPRINT_ARTIFACT: fp, "compression": comp.summary()}
         s = comp.summary()
         what = (f"removed {s['removed_channels']} bottleneck channels ({s['constant_zero']} constant zero, "
                 f"{s['interval_dead']} dead by interval bounds, {s['constant_folded']} constant folded downstream; "
@@ -201,7 +94,7 @@ class LosslessCompression:
 
 
 # -- structured pruning ---------------------------------------------------------------------------
-class PruningParams(_Common):
+class PruningParams(FootprintParams):
     importance: Literal["fisher", "taylor"] = "fisher"
     importance_images: int = Field(512, ge=16, description="Calibration images behind the importance scores.")
     adaptation_weight: float = Field(1.0, ge=0, description="λ of the dual-intervention reset score.")
@@ -216,18 +109,12 @@ class PruningParams(_Common):
     margin: float = Field(0.95, gt=0, le=1, description="Aim latency targets at margin × target.")
 
 
-class StructuredPruning:
+class StructuredPruning(FootprintTreatment[PruningParams]):
     name = "structured_pruning"
-    fixes = frozenset({"footprint"})
-    head_only = False
+    params_model = PruningParams
+    summary = "removes bottleneck and growth channels, reconstructs, fine-tunes (lossy, gated)"
 
-    def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
-        ok, why = footprint_applicable(report, planning)
-        return ok, why or "removes bottleneck and growth channels, reconstructs, fine-tunes (lossy, gated)"
-
-    def apply(self, ctx: TreatmentContext) -> TreatmentResult:
-        p = PruningParams.model_validate(ctx.params)
-        parent = parent_model(ctx)
+    def treat(self, ctx: TreatmentContext, p: PruningParams, parent: CXRDenseNet) -> TreatmentResult:
         xi, yi = images(ctx, "calibration", p.importance_images, ctx.seed)
         xr, _ = images(ctx, "train" if "train" in (ctx.image_data or {}) else "calibration",
                        p.reconstruct_images, ctx.seed + 1)
@@ -268,14 +155,9 @@ class StructuredPruning:
                                                                 temperature=p.temperature, seed=ctx.seed),
                           init_state=state)
             state, history = {k: v.detach().clone() for k, v in res.model.state_dict().items()}, res.history
-        cand = build_model(pr.spec)
-        cand.load_state_dict(state, strict=True)
-        cand.eval()
-        x, _ = images(ctx, "calibration", p.check_images, ctx.seed)
-        dlogit = max_abs_dlogit(parent, cand, [torch.from_numpy(x[i:i + 64]) for i in range(0, len(x), 64)])
-        lat = torch_latency(ctx, parent, cand, batch=p.latency_batch, repeats=p.latency_repeats) \
-            if p.measure_latency or budget is None else None
-        fp = describe(pr.spec, state, ctx.spec, dlogit=dlogit, latency=lat)
+        cand = candidate_model(pr.spec, state)
+        fp = measure(ctx, p, parent, pr.spec, state, cand, dlogit=check_dlogit(ctx, p, parent, cand),
+                     latency_needed=budget is None)
         thresholds = matched_thresholds(ctx, predict_probs(cand, calibration_images(ctx)))
         n_train = parameter_count(cand) if history else 0
         worst = max(pr.reconstruction_error.values(), default=0.0)
@@ -287,14 +169,14 @@ class StructuredPruning:
                     f"{history[-1]['loss']:.4f})" if history else ""))
         return TreatmentResult(
             spec=pr.spec, state=state, thresholds=thresholds, trainable_parameters=n_train, notes=notes,
-            artifacts={"footprint": fp, "ratio": pr.ratio, "compression": pr.compression,
+            artifacts={FOOTPRINT_ARTIFACT: fp, "ratio": pr.ratio, "compression": pr.compression,
                        "importance": {"method": p.importance, "images": pr.importance.images,
                                       "dual_intervention": pr.importance.dual},
                        "reconstruction_error": pr.reconstruction_error, "finetune": history})
 
 
 # -- quantization ---------------------------------------------------------------------------------
-class QuantizationParams(_Common):
+class QuantizationParams(FootprintParams):
     mode: Literal["auto", "float16", "int8"] = Field(
         "auto", description="auto: float16 storage if halving the file meets a size target, else int8.")
     calibration_images: int = Field(256, ge=8, description="Images that calibrate int8 activation ranges.")
@@ -306,15 +188,12 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
-class Quantization:
+class Quantization(FootprintTreatment[QuantizationParams]):
     name = "quantization"
-    fixes = frozenset({"footprint"})
-    head_only = False
+    params_model = QuantizationParams
+    metrics = ("size_mb", "latency_ms")
 
-    def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
-        ok, why = footprint_applicable(report, planning, ("size_mb", "latency_ms"))
-        if not ok:
-            return ok, why
+    def more_preconditions(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
         if planning.spec.dtype != "float32":
             return False, f"already stored as {planning.spec.dtype}"
         p = QuantizationParams.model_validate(planning.params)
@@ -331,13 +210,9 @@ class Quantization:
                 return "float16"
         return "int8"
 
-    def apply(self, ctx: TreatmentContext) -> TreatmentResult:
-        p = QuantizationParams.model_validate(ctx.params)
-        parent = parent_model(ctx)
+    def treat(self, ctx: TreatmentContext, p: QuantizationParams, parent: CXRDenseNet) -> TreatmentResult:
         mode = self._mode(ctx, p)
         cal = calibration_images(ctx)
-        x, _ = images(ctx, "calibration", p.check_images, ctx.seed)
-        batches = [torch.from_numpy(x[s:s + 64]) for s in range(0, len(x), 64)]
         if mode == "float16":
             spec, state = float16_spec(ctx.spec), {k: v.clone() for k, v in parent.state_dict().items()}
             _, w = to_bytes(spec, state)
@@ -352,11 +227,10 @@ class Quantization:
             _, w = to_bytes(spec, state)
             cand = OrtModel(w)
             runner = ort_runner(cand.session)
-        dlogit = max_abs_dlogit(parent, cand, batches)  # an OrtModel is called like a module
+        dlogit = check_dlogit(ctx, p, parent, cand)  # an OrtModel is called like a module
         new_probs = predict_probs(cand, cal)
-        lat = torch_latency(ctx, parent, cand if runner is None else None, runner, batch=p.latency_batch,
-                            repeats=p.latency_repeats) if p.measure_latency else None
-        fp = describe(spec, state, ctx.spec, dlogit=dlogit, latency=lat)
+        fp = measure(ctx, p, parent, spec, state, cand, dlogit=dlogit, runner=runner)
+        lat = fp.get("latency_ms")
         how = ("float16 storage (upcast to float32 at load)" if mode == "float16" else
                f"int8 static QDQ for ONNX Runtime (per-channel {p.per_channel}, reduce_range {p.reduce_range}, "
                f"{p.calibration_images} calibration images)")
@@ -365,4 +239,4 @@ class Quantization:
         return TreatmentResult(
             spec=spec, state=state, thresholds=matched_thresholds(ctx, new_probs), trainable_parameters=0,
             notes=f"{how}: {fp['size_mb']:.3f} MB, max |Δlogit| {dlogit:.2e}{lat_txt}",
-            artifacts={"footprint": fp, "mode": mode})
+            artifacts={FOOTPRINT_ARTIFACT: fp, "mode": mode})

@@ -1,10 +1,13 @@
 """Distillation: the loss against a hand computation, learning from the teacher, resuming exactly."""
 
+import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from cxr.data import phantom_dataset
 from cxr.distill import DistillConfig, distill, distill_loss
@@ -13,6 +16,7 @@ from cxr.infer import predict_logits
 from cxr.model import build_model, parameter_count
 from cxr.phantom import PhantomConfig
 from cxr.spec import preset
+from cxr.train import TrainConfig
 from cxr.weights import tensors_digest
 
 CFG = DistillConfig(epochs=2, batch_size=32, seed=3, threads=1, temperature=2.0)
@@ -81,12 +85,27 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, data, teacher)
     straight = distill(_student(), teacher, data, CFG)
     first = distill(_student(), teacher, data, CFG, checkpoint_dir=tmp_path, stop_after_epoch=1)
     assert len(first.history) == 1 and (tmp_path / "last.safetensors").is_file()
+    with safe_open(str(tmp_path / "last.safetensors"), "pt") as f:  # the job's name, as checkpoints hold it
+        fingerprint = json.loads(f.metadata()["cxr_decide_ckpt"])["fingerprint"]
+    cfg = {k: v for k, v in asdict(CFG).items() if k != "threads"}
+    assert fingerprint == json.dumps({"kind": "distill", "spec": _student().digest(), "data": data.digest(), "cfg": cfg,
+                                      "teacher": tensors_digest(teacher.state_dict()), "init": None}, sort_keys=True)
     resumed = distill(_student(), teacher, data, CFG, checkpoint_dir=tmp_path)
     assert resumed.resumed_from_epoch == 1 and [h["epoch"] for h in resumed.history] == [2]
     assert tensors_digest(resumed.model.state_dict()) == tensors_digest(straight.model.state_dict())
     other = distill(_student(), teacher, data, DistillConfig(epochs=2, batch_size=32, seed=3, threads=1,
                                                              temperature=4.0), checkpoint_dir=tmp_path)
     assert other.resumed_from_epoch == 0  # another temperature is another job
+
+
+def test_config_is_the_house_config_plus_temperature_and_label_weight():
+    assert isinstance(CFG, TrainConfig) and DistillConfig().lr == 2e-3 and TrainConfig().lr == 4e-3
+    assert set(asdict(CFG)) == set(asdict(TrainConfig())) | {"temperature", "label_weight"}
+    for bad, field in (({"epochs": 0}, "epochs"), ({"lr": 1.5}, "lr"), ({"temperature": 0.0}, "temperature"),
+                       ({"label_weight": -0.1}, "label_weight")):
+        with pytest.raises(InvalidInput) as exc:
+            DistillConfig(**bad)
+        assert exc.value.field == field
 
 
 def test_mismatched_student_is_refused(data, teacher):
