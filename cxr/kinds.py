@@ -68,8 +68,9 @@ HEADLINE_METRIC: dict[IssueKind, str] = {
 #: the kinds the labelled monitor files from a site's feedback (one per SLO: max FPR, min recall, min AUROC)
 LABELLED_KINDS: tuple[IssueKind, ...] = (K.false_positives, K.false_negatives, K.auroc_drop)
 
-#: the kinds about what a version costs to run rather than what it says
-FOOTPRINT_KINDS: frozenset[IssueKind] = frozenset({K.footprint})
+#: the kinds about what a version says (everything a re-trained model can fix), as against what it costs to run
+PERFORMANCE_KINDS: frozenset[IssueKind] = frozenset({K.false_positives, K.false_negatives, K.auroc_drop,
+                                                     K.calibration_drift})
 
 
 def metrics_of(kind: str) -> list[str]:

@@ -9,20 +9,18 @@ approval, or its expected cost exceeds `--max-cost`). Approved decisions are
 resumed by the next pass from where they stopped.
 
 A candidate that passes the gate with a flag a person must accept (an
-underpowered non-inferiority check) is registered but held: its run is `held`,
-the decision `awaiting_approval`. `decide approve` promotes it (if the version
-it was made from still serves the site), `decide reject` rejects it.
+underpowered non-inferiority check) is registered but held; a person's verdict
+on it is settled by `decision.approvals`. Planning reads evidence besides the
+report (`decision.evidence`); liveness and take-over arithmetic live in
+`decision.liveness`.
 
 Sites: a report's parent is the version serving its site (`production@site`,
 else `production`), and the gate's verdict says whether a promotion covers
 every site or that site alone (see `decision.treat`).
 
 Crash safety: reports are claimed atomically with a lease, one at a time;
-runs carry a heartbeat. At the start of every pass, runs without a heartbeat
-are marked `abandoned`, expired claims are released, and decisions a dead
-process left between two steps are finished as it would have
-(`decision.recovery`), so work that a killed process left behind is picked up
-again (`tests/faults/` kills a pass at every step). A process whose work was
+runs carry a heartbeat (`decision.liveness`); every pass first takes over
+what dead processes left (`decision.recovery`). A process whose work was
 taken over meanwhile is fenced: its claim is checked under a row lock before
 it decides, its late run record is refused (`RunFinished`), and it leaves the
 decision and reports to whoever took them. A treatment that raises is recorded
@@ -41,32 +39,29 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from cxr import clock
-from cxr.errors import NotFound
 from cxr.faults import failpoint
+from cxr.kinds import IssueKind
+from decision import evidence
+from decision.approvals import approved_decisions, settle_held, settle_rejected_holds
 from decision.catalog import Catalog
 from decision.executor import Executor, LocalExecutor, make_executor
-from decision.liveness import TAKEOVER_AFTER, LiveRun, running_now
 from decision.past_runs import history  # in its own module: `decide costs` reads it without torch
-from decision.planner import Plan, RunStat, TreatmentInfo, plan
-from decision.recovery import reopen_interrupted, settle_stalled
-from decision.treat import Outcome, data_plan, execute, report_info, report_view
+from decision.planner import Candidate, Plan, RunStat, plan
+from decision.recovery import Recovery, recover
+from decision.treat import Outcome, execute
 from policies import Policy, load_policy, policy_digest
 from registry import repo
 from registry.entities import (
-    PRODUCTION,
     DecisionEntity,
     DecisionStatus,
     ReportEntity,
     ReportStatus,
-    RunEntity,
     RunOutcome,
-    Verdict,
     VersionEntity,
 )
 from registry.session import session_scope
 from registry.settings import get_settings
-from treatments.base import PlanningContext, Treatment
+from treatments.base import Treatment
 from treatments.plugins import load_treatments
 
 log = logging.getLogger(__name__)
@@ -95,17 +90,12 @@ _FINAL = frozenset({DecisionStatus.succeeded, DecisionStatus.exhausted, Decision
                     DecisionStatus.cancelled})
 
 
-@dataclass
-class PassSummary:
+@dataclass(kw_only=True)
+class PassSummary(Recovery):
+    """One pass: what its recovery step found and did (`Recovery`), and each decision it made or moved on."""
+
     worker: str
-    abandoned_runs: list[int] = field(default_factory=list)
-    released_claims: int = 0
     decisions: list[DecisionOutcome] = field(default_factory=list)
-    live_runs: list[LiveRun] = field(default_factory=list)
-    #: runs `--take-over` found alive (a heartbeat within two beats) and left alone
-    refused_takeover: list[int] = field(default_factory=list)
-    #: decisions a dead process left between two steps, finished by this pass (`recovery.settle_stalled`)
-    settled_decisions: list[int] = field(default_factory=list)
 
 
 class Engine:
@@ -137,76 +127,23 @@ class Engine:
         return engine
 
     # -- planning (no writes) -----------------------------------------------
-    def parent_of(self, session: Session, report: ReportEntity) -> VersionEntity:
-        """The version to treat: the one serving the report's site now (its own `production@site`, else
-        `production`), else the reported one."""
-        try:
-            return repo.resolve_version(session, f"{report.model}@{PRODUCTION}", site=report.site)
-        except NotFound:  # no production alias yet
-            return repo.get_version(session, report.version_id)
-
     def plan_report(self, session: Session, report: ReportEntity, past: list[RunStat]) -> ReportPlan:
-        from cxr.spec import ArchSpec
-
-        parent = self.parent_of(session, report)
-        spec = ArchSpec.from_json(parent.spec_json)
-        dp = data_plan(session, parent, report.site)
-        cases = sum(d.size for d in dp.calibration if d.source.get("site") == report.site)
-        infos, info = [], report_info(report)
-        diag = self._site_diagnosis(session, parent, report.site)
-        skip = self._skips_head_level(diag)
-        for name, plugin in self.plugins.items():
-            entry = self.policy.treatments.get(name)
-            params = dict(entry.params) if entry is not None else {}
-            try:
-                ok, why = plugin.applicable(info, PlanningContext(spec, parent.thresholds_for(report.site), params,
-                                                                  cases))
-            except Exception as exc:  # a plugin's own check must not stop planning
-                ok, why = False, f"applicable() raised {exc.__class__.__name__}: {exc}"
-            if ok and skip and plugin.head_only:
-                ok, why = False, skip
-            infos.append(TreatmentInfo(name, frozenset(plugin.fixes), ok, why))
-        p = plan(report_view(report), infos, self.policy, past, digest=self.digest)
-        evidence: dict = {}
+        parent = evidence.serving_version(session, report)
+        diag = evidence.site_diagnosis(session, parent, report.site)
+        skip = evidence.skips_head_level(self.policy, diag)
+        infos = evidence.treatment_infos(session, self.plugins, self.policy, report, parent, skip)
+        p = plan(evidence.report_view(report), infos, self.policy, past, digest=self.digest)
+        record: dict = {}
         if diag is not None:
-            evidence["shift_diagnosis"] = diag
+            record[evidence.SHIFT_DIAGNOSIS] = diag
             if skip:
                 p = dataclasses.replace(p, rationale=f"{p.rationale} Shift diagnosis: {skip}.")
-        if report.kind.value == "false_positives" and p.chosen is not None:
-            hint = self._channel_evidence(parent, report.pathology)
+        if report.kind == IssueKind.false_positives and p.chosen is not None:
+            hint = evidence.channel_hint(self.catalog, parent, report.pathology)
             if hint is not None:
-                evidence["channel_evidence"] = hint.data
+                record[evidence.CHANNEL_EVIDENCE] = hint.data
                 p = dataclasses.replace(p, rationale=f"{p.rationale} Classifier channels: {hint.hint}.")
-        return ReportPlan(report, parent, p, evidence)
-
-    @staticmethod
-    def _site_diagnosis(session: Session, parent: VersionEntity, site: str) -> dict | None:
-        """The latest shift diagnosis recorded for `parent`'s films at `site` (by a backbone treatment of an
-        earlier decision), or None. A diagnosis describes one version at one site, so no other is reused."""
-        for d in sorted(repo.list_decisions(session), key=lambda d: d.id, reverse=True):
-            diag = (d.evidence or {}).get("shift_diagnosis")
-            if isinstance(diag, dict) and diag.get("version_id") == parent.id and diag.get("site") == site:
-                return {**diag, "decision": d.id}
-        return None
-
-    def _skips_head_level(self, diag: dict | None) -> str:
-        """Why head-level rungs are skipped under `diag` (policy `diagnosis.skip_head_level_strength`), or ''."""
-        bar = self.policy.diagnosis.skip_head_level_strength
-        if diag is None or bar is None or diag.get("level") != "input" or float(diag.get("strength", 0.0)) < bar:
-            return ""
-        return (f"a strong input-level shift at {diag.get('site')} (strength {float(diag['strength']):.2f} ≥ {bar:g}, "
-                f"located at {diag.get('located_at') or 'the input'}; diagnosed in decision {diag.get('decision')}) "
-                "— head-level treatments read features the site's films already distort, so they are skipped")
-
-    def _channel_evidence(self, parent: VersionEntity, pathology: str):
-        """The version's polarized-channel evidence about `pathology` (None if it cannot be read)."""
-        from decision.channel_evidence import channel_evidence
-
-        try:
-            return channel_evidence(self.catalog.weights(parent), pathology)
-        except Exception as exc:  # evidence must never stop planning
-            log.warning("channel evidence for %s skipped: %s", pathology, exc)
-            return None
+        return ReportPlan(report, parent, p, record)
 
     def plan_open(self, report_ids: list[int] | None = None) -> list[ReportPlan]:
         """What the engine would do for each open report, and why; nothing is claimed or written."""
@@ -221,12 +158,9 @@ class Engine:
                  stale_after: timedelta | None = None, take_over: bool = False) -> PassSummary:
         """Recover, resume approved decisions, then claim and treat up to `limit` open reports.
 
-        Recovery marks runs without a heartbeat for `stale_after` (default `DECIDE_STALE_SECONDS`, 90 s)
-        abandoned and reopens their reports, releases claims whose lease (`lease_seconds`, default the
-        stale time) ran out, and finishes the decisions a dead process left between two steps
-        (`settled_decisions`). `take_over` does it at once for work silent for two heartbeats
-        (`TAKEOVER_AFTER`); a run that beat more recently is alive and is left alone (listed in
-        `refused_takeover`). Runs still running afterwards are listed with when they would be taken over.
+        Recovery (`decision.recovery.recover`) takes over work silent for `stale_after` (default
+        `DECIDE_STALE_SECONDS`, 90 s; with `take_over`, two missed heartbeats) and releases claims whose
+        lease (`lease_seconds`, default the stale time) ran out.
 
         Reports are claimed one at a time, each just before it is planned: a claim lives only while
         its report is planned (then it is `decided`), so a claim older than that has lost its worker,
@@ -235,20 +169,9 @@ class Engine:
         """
         stale_after = stale_after if stale_after is not None else self.stale_after
         lease = lease_seconds if lease_seconds is not None else stale_after.total_seconds()
-        summary = PassSummary(self.worker)
-        now = clock.now()
-        cutoff = min(stale_after, TAKEOVER_AFTER) if take_over else stale_after
-        with session_scope(self.url) as s:
-            if take_over:
-                summary.refused_takeover = [r.id for r in repo.running_runs(s) if now - r.heartbeat_at < cutoff]
-            summary.abandoned_runs = repo.mark_abandoned_runs(s, older_than=cutoff, now=now)
-            summary.released_claims = len(repo.release_expired_claims(
-                s, now=now, claimed_before=now - cutoff if take_over else None))
-            reopen_interrupted(s, summary.abandoned_runs)
-            summary.settled_decisions = settle_stalled(s, cutoff, now)
-            summary.live_runs = running_now(s, stale_after, now)
-        self._settle_rejected_holds()
-        for d in self._approved_decisions():
+        summary = PassSummary(worker=self.worker, **vars(recover(self.url, stale_after, take_over=take_over)))
+        settle_rejected_holds(self.url)
+        for d in approved_decisions(self.url):
             summary.decisions.append(self._resume(d, max_cost))
         seen: list[int] = []
         while len(seen) < limit:
@@ -262,72 +185,6 @@ class Engine:
             if outcome is not None:
                 summary.decisions.append(outcome)
         return summary
-
-    def _approved_decisions(self) -> list[DecisionEntity]:
-        with session_scope(self.url, read_only=True) as s:
-            return [d for d in repo.list_decisions(s, status=DecisionStatus.planned) if d.approvals]
-
-    # -- held candidates ---------------------------------------------------------
-    def held_run(self, decision_id: int) -> RunEntity | None:
-        """The decision's run whose candidate waits for a person, if any."""
-        with session_scope(self.url, read_only=True) as s:
-            return next((r for r in repo.run_history(s, decision_id=decision_id) if r.outcome == RunOutcome.held),
-                        None)
-
-    def settle_held(self, d: DecisionEntity) -> DecisionOutcome | None:
-        """Act on a person's verdict about a held candidate: promote it (approved) or reject it.
-
-        An approved candidate is promoted only if the version it was made from still serves the
-        promotion's site(s); otherwise it is rejected as stale and the report reopened, so that the
-        engine plans again from what production is now. Returns None when nothing is held.
-        """
-        run = self.held_run(d.id)
-        if run is None:
-            return None
-        promote = (run.metrics.get("gate") or {}).get("promote") or {}
-        alias, site = promote.get("alias", PRODUCTION), promote.get("site", "")
-        approval = d.approvals[-1] if d.approvals else None
-        out = DecisionOutcome(d.report_ids[0], d.id, DecisionStatus(d.status), None)
-        with session_scope(self.url) as s:
-            version = repo.get_version(s, run.output_version_id)
-            if d.status == DecisionStatus.rejected or approval is None or approval.verdict != Verdict.approved:
-                why = f"held candidate {version.ref} rejected by a person" + (
-                    f": {approval.reason}" if approval is not None else "")
-                repo.settle_held_run(s, run.id, RunOutcome.rejected, reason=why)
-                repo.set_version_status(s, version.id, "rejected", reason=why)
-                out.message = why
-                return out
-            serving = self._serving_id(s, version.model, alias, site)
-            if serving != promote.get("parent_id"):
-                why = (f"held candidate {version.ref} is stale: {alias}{'@' + site if site else ''} moved since it "
-                       f"was made; the report is planned again")
-                repo.settle_held_run(s, run.id, RunOutcome.rejected, reason=why)
-                repo.set_version_status(s, version.id, "rejected", reason=why)
-                repo.set_decision_status(s, d.id, DecisionStatus.exhausted, reason=why)
-                repo.set_report_status(s, out.report_id, ReportStatus.open, reason=why)
-                out.status, out.message = DecisionStatus.exhausted, why
-                return out
-            why = f"{run.treatment} candidate {version.ref} approved by {approval.actor}: {approval.reason}"
-            repo.settle_held_run(s, run.id, RunOutcome.accepted, reason=why)
-            repo.set_alias(s, version.model, alias, version.id, reason=why, site=site, run_id=run.id)
-            repo.set_decision_status(s, d.id, DecisionStatus.succeeded, reason=why)
-            repo.set_report_status(s, out.report_id, ReportStatus.resolved, reason=why)
-            out.status, out.message = DecisionStatus.succeeded, why
-        return out
-
-    @staticmethod
-    def _serving_id(s: Session, model: str, alias: str, site: str) -> int | None:
-        """The version `alias` serves at `site` now (its own alias, else the all-sites one)."""
-        try:
-            return repo.resolve_version_id(s, f"{model}@{alias}", site=site or None)
-        except NotFound:
-            return None
-
-    def _settle_rejected_holds(self) -> None:
-        with session_scope(self.url, read_only=True) as s:
-            rejected = [d for d in repo.list_decisions(s, status=DecisionStatus.rejected)]
-        for d in rejected:
-            self.settle_held(d)
 
     def treat_report(self, report: ReportEntity, max_cost: float | None) -> DecisionOutcome | None:
         """Plan, record the decision and walk the ladder for one claimed report.
@@ -354,9 +211,9 @@ class Engine:
         return self._ladder(decision.id, report, rp.parent, rp.plan, max_cost, approved=None)
 
     def _resume(self, d: DecisionEntity, max_cost: float | None) -> DecisionOutcome:
-        settled = self.settle_held(d)
+        settled = settle_held(self.url, d)
         if settled is not None:
-            return settled
+            return DecisionOutcome(d.report_ids[0], d.id, settled.status, None, message=settled.message)
         with session_scope(self.url) as s:
             report = repo.get_report(s, d.report_ids[0])
             rp = self.plan_report(s, report, history(s))
@@ -380,7 +237,7 @@ class Engine:
             try:
                 result = execute(self.url, self.home, self.catalog, self.policy, self.plugins[cand.treatment],
                                  report, parent, decision_id, executor=self.executor,
-                                 diagnosis=self._diagnosis_for(decision_id), progress=self.progress)
+                                 diagnosis=evidence.decision_diagnosis(self.url, decision_id), progress=self.progress)
             except BaseException:  # interrupted: the run is recorded as failed; leave the report actionable
                 self._finish(out, DecisionStatus.cancelled, f"interrupted during {cand.treatment}",
                              report_status=ReportStatus.open)
@@ -409,11 +266,6 @@ class Engine:
                             + ("; a run failed, the report is open again" if failed else ": a person must look"),
                             report_status=ReportStatus.open if failed else None)
 
-    def _diagnosis_for(self, decision_id: int) -> dict | None:
-        """The shift diagnosis recorded with the decision (None when none was made)."""
-        with session_scope(self.url, read_only=True) as s:
-            return (repo.get_decision(s, decision_id).evidence or {}).get("shift_diagnosis")
-
     def _set_status(self, decision_id: int, status: DecisionStatus, chosen: str | None = None) -> None:
         with session_scope(self.url) as s:
             repo.set_decision_status(s, decision_id, status, chosen=chosen)
@@ -436,6 +288,5 @@ class Engine:
         return out
 
 
-def _cand_dict(c) -> dict:
-    return {k: getattr(c, k) for k in ("rank", "treatment", "applicable", "reason", "prior_cost", "empirical_cost",
-                                       "expected_cost", "p_success", "alpha", "beta", "score", "needs_approval")}
+def _cand_dict(c: Candidate) -> dict:
+    return {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cxr.kinds import HEADLINE_METRIC, lower_is_better
 from decision.evaluate import EvaluationReport, PathologyEval
 from decision.planner import ReportView
 from decision.power import assess_power
@@ -48,7 +49,6 @@ __all__ = ["Check", "GateResult", "SiteEvaluation", "gate", "judge_sites", "noni
 UNDERPOWERED = "underpowered"
 UNCHANGED = "unchanged"
 
-_LOWER_BETTER = frozenset({"fpr", "fnr", "ece", "brier", "parameters", "size_bytes", "latency_ms"})
 _EVAL_ATTR = {
     "fpr": "fpr",
     "recall": "sensitivity",
@@ -69,8 +69,6 @@ _PARENT_ATTR = {
     "f1": "parent_f1",
     "auroc": "parent_auroc",
 }
-_KIND_METRIC = {"false_positives": "fpr", "false_negatives": "recall", "auroc_drop": "auroc"}
-_LOWER_BETTER_KINDS = frozenset({"false_positives", "calibration_drift", "footprint"})
 
 
 @dataclass(frozen=True)
@@ -123,10 +121,10 @@ def _slo_limit(metric: str, slo) -> float | None:
 def _target_check(report: ReportView, r: PathologyEval | None, policy: Policy, measured: Mapping[str, float]) -> Check:
     rule, min_gain = policy.gate.target_rule, policy.gate.min_improvement
     asked = report.metric.strip().lower()
-    metric = asked if (asked in measured or asked in _EVAL_ATTR) else _KIND_METRIC.get(report.kind)
+    metric = asked if (asked in measured or asked in _EVAL_ATTR) else HEADLINE_METRIC.get(report.kind)
     if metric is None:
         return Check("target_fixed", False, f"metric {report.metric!r} cannot be computed from the evaluation")
-    lower = metric in _LOWER_BETTER or (metric not in _EVAL_ATTR and report.kind in _LOWER_BETTER_KINDS)
+    lower = lower_is_better(metric)
     limit = report.target if metric == asked and report.target is not None else None
     if limit is None:
         limit = _slo_limit(metric, policy.slos.for_pathology(report.pathology))

@@ -1,7 +1,8 @@
 """Recovery: what every pass first does about the work that dead processes left behind.
 
 A `decide run` can die at any step (`kill -9`, a crash, a lost machine). What it leaves is found from
-the registry alone, one transaction at the start of the next pass (`Engine.run_pass`):
+the registry alone, in one transaction at the start of the next pass (`recover`, called by
+`Engine.run_pass`):
 
 * a run still `running` without a heartbeat for the stale time is `abandoned`
   (`repo.mark_abandoned_runs`); its decision, if still in progress, is cancelled and its report
@@ -18,14 +19,52 @@ this recovers all of it, with nothing half-written and no report decided twice.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from cxr import clock
+from decision.liveness import TAKEOVER_AFTER, LiveRun, running_now
 from registry import repo
 from registry.entities import DecisionStatus, ReportStatus, RunOutcome
+from registry.session import session_scope
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recovery:
+    """What a pass found of dead processes' work, and what it did about it."""
+
+    abandoned_runs: list[int] = field(default_factory=list)
+    released_claims: int = 0
+    #: decisions a dead process left between two steps, finished by this pass (`settle_stalled`)
+    settled_decisions: list[int] = field(default_factory=list)
+    #: runs still running afterwards: another process's work, with when they would be taken over
+    live_runs: list[LiveRun] = field(default_factory=list)
+    #: runs `take_over` found alive (a heartbeat within two beats) and left alone
+    refused_takeover: list[int] = field(default_factory=list)
+
+
+def recover(url: str | None, stale_after: timedelta, *, take_over: bool = False) -> Recovery:
+    """Mark runs without a heartbeat for `stale_after` abandoned and reopen their reports, release claims
+    whose lease ran out, and finish the decisions a dead process left between two steps — in one
+    transaction. `take_over` does it at once for work silent for two heartbeats (`TAKEOVER_AFTER`); a run
+    that beat more recently is alive and is left alone (`refused_takeover`)."""
+    now = clock.now()
+    cutoff = min(stale_after, TAKEOVER_AFTER) if take_over else stale_after
+    out = Recovery()
+    with session_scope(url) as s:
+        if take_over:
+            out.refused_takeover = [r.id for r in repo.running_runs(s) if now - r.heartbeat_at < cutoff]
+        out.abandoned_runs = repo.mark_abandoned_runs(s, older_than=cutoff, now=now)
+        out.released_claims = len(repo.release_expired_claims(
+            s, now=now, claimed_before=now - cutoff if take_over else None))
+        reopen_interrupted(s, out.abandoned_runs)
+        out.settled_decisions = settle_stalled(s, cutoff, now)
+        out.live_runs = running_now(s, stale_after, now)
+    return out
 
 
 def reopen_interrupted(s: Session, abandoned: list[int]) -> None:

@@ -13,7 +13,7 @@ The order of effects is chosen so that nothing is ever half-written:
    rejected. Before that commit nothing about the candidate exists; after it,
    everything does. A candidate that passed with a flag a person must accept
    (an underpowered check) is registered, its run `held`, and nothing moves
-   until `decide approve` (see `decision.engine`). If that transaction fails
+   until `decide approve` (see `decision.approvals`). If that transaction fails
    (a full disk during the blob write, a lost connection, a refused write),
    the run is closed `failed` with the error and the ladder goes on; a blob
    written before the failure is an orphan for `decide gc`.
@@ -41,8 +41,10 @@ import torch
 
 from cxr.faults import failpoint
 from cxr.weights import Weights, to_bytes
+from decision.approvals import PromotionIntent
 from decision.catalog import Catalog, head_of
 from decision.evaluate import EvaluationReport, evaluate_scores
+from decision.evidence import DataPlan, data_plan, record_diagnosis, report_info, report_view, slo_for
 from decision.executor import Executor, LocalExecutor
 from decision.gate import GateResult, SiteEvaluation, judge_sites
 from decision.liveness import Heartbeat
@@ -50,10 +52,11 @@ from decision.planner import ReportView
 from decision.registration import register_weights_bytes
 from policies import Policy
 from registry import repo
-from registry.entities import PRODUCTION, DatasetEntity, DatasetRole, ReportEntity, RunOutcome, VersionEntity
+from registry.entities import DatasetEntity, ReportEntity, RunOutcome, VersionEntity
 from registry.repo_decisions import RunFinished
 from registry.session import session_scope
-from treatments.base import Case, ReportInfo, Slo, Treatment, TreatmentContext, TreatmentDeclined, TreatmentResult
+from treatments.base import Treatment, TreatmentContext, TreatmentDeclined, TreatmentResult
+from treatments.footprint_base import FOOTPRINT_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -71,43 +74,6 @@ class Outcome:
     error: str = ""
     wall_seconds: float = 0.0
     evaluations: dict[str, EvaluationReport] = field(default_factory=dict)
-
-
-def report_info(r: ReportEntity) -> ReportInfo:
-    cases = tuple(Case(str(c.get("image_id")), float(c.get("score", 0.0)), c.get("label")) for c in r.cases)
-    return ReportInfo(r.id, r.pathology, r.kind.value, r.metric, r.value, r.target, r.site, cases)
-
-
-def report_view(r: ReportEntity) -> ReportView:
-    return ReportView(r.id, r.model, r.version, r.pathology, r.kind.value, r.metric, r.value, r.target, r.site,
-                      any(c.get("label") == 0 for c in r.cases) or bool(r.cases), len(r.cases))
-
-
-def slo_for(policy: Policy, pathology: str) -> Slo:
-    s = policy.slos.for_pathology(pathology)
-    return Slo(min_recall=s.min_recall or 0.0, max_fpr=s.max_fpr or 1.0, min_auroc=s.min_auroc or 0.0)
-
-
-@dataclass(frozen=True)
-class DataPlan:
-    """The registered data sets a treatment and its evaluation may use."""
-
-    train: list[DatasetEntity]
-    calibration: list[DatasetEntity]  # the version's calibration sets + the site's labelled feedback
-    evaluation: list[DatasetEntity]
-
-    @property
-    def used_ids(self) -> list[int]:
-        return sorted({d.id for d in self.train + self.calibration + self.evaluation})
-
-
-def data_plan(session, parent: VersionEntity, site: str) -> DataPlan:
-    linked = repo.list_datasets(session, ids=parent.dataset_ids) if parent.dataset_ids else []
-    by_role = {role: [d for d in linked if d.role == role] for role in DatasetRole}
-    feedback = repo.list_datasets(session, role=DatasetRole.feedback, site=site)
-    cal = by_role[DatasetRole.calibration] + [d for d in feedback if d.id not in {x.id for x in linked}]
-    cal += [d for d in by_role[DatasetRole.feedback] if d.id not in {x.id for x in cal}]
-    return DataPlan(by_role[DatasetRole.train], cal, by_role[DatasetRole.evaluation])
 
 
 def candidate_weights(parent: Weights, result: TreatmentResult) -> tuple[Weights, bytes | None]:
@@ -204,7 +170,7 @@ def candidate_thresholds(policy: Policy, parent: VersionEntity, site: str, resul
 
 def footprint_measured(result: TreatmentResult) -> dict[str, float]:
     """The numbers a footprint treatment measured (parameters, size, latency), for the gate's target."""
-    fp = result.artifacts.get("footprint") if result.artifacts else None
+    fp = result.artifacts.get(FOOTPRINT_ARTIFACT) if result.artifacts else None
     out: dict[str, float] = {}
     for k, v in (fp or {}).items():
         if isinstance(v, int | float) and not isinstance(v, bool):
@@ -248,7 +214,7 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
             result = (executor or LocalExecutor()).run(plugin, ctx)
         wall = time.perf_counter() - t0
         if diagnosis is None:
-            keep_diagnosis(url, decision_id, parent, report.site, result.artifacts)
+            record_diagnosis(url, decision_id, parent, report.site, result.artifacts)
         cand_w, data = candidate_weights(parent_w, result)
         thr = candidate_thresholds(policy, parent, report.site, result, cand_w is not parent_w)
         failpoint("evaluation")
@@ -261,7 +227,7 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
         failpoint("gate")
     except TreatmentDeclined as exc:
         if diagnosis is None:
-            keep_diagnosis(url, decision_id, parent, report.site, exc.artifacts)
+            record_diagnosis(url, decision_id, parent, report.site, exc.artifacts)
         return _close(url, run.id, plugin.name, RunOutcome.rejected, time.perf_counter() - t0,
                       error=f"declined: {exc}", artifacts=exc.artifacts)
     except Exception as exc:
@@ -279,23 +245,6 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
         log.warning("recording the %s candidate failed: %s", plugin.name, text)
         return _close(url, run.id, plugin.name, RunOutcome.failed, wall,
                       error=f"recording the candidate failed: {text}")
-
-
-def keep_diagnosis(url: str | None, decision_id: int, parent: VersionEntity, site: str,
-                   artifacts: dict[str, Any] | None) -> None:
-    """Record the shift diagnosis a backbone treatment made (its `diagnosis` artifact) on the decision, with
-    the version and site it describes: the decision's later rungs reuse it, and the planner reads it for
-    later reports about the same version at the same site. Evidence only: a failure to record it is logged."""
-    diag = (artifacts or {}).get("diagnosis")
-    if not isinstance(diag, dict) or diag.get("level") in (None, "none"):
-        return
-    try:
-        with session_scope(url) as s:
-            repo.add_decision_evidence(s, decision_id, "shift_diagnosis",
-                                       {**diag, "version_id": parent.id, "version": parent.ref, "site": site},
-                                       reason=f"shift diagnosis at {site}: {diag.get('level')}-level")
-    except Exception as exc:
-        log.warning("recording the shift diagnosis of decision %d failed: %s", decision_id, exc)
 
 
 def _image_data(cat: Catalog, plan: DataPlan) -> dict[str, Any]:
@@ -324,20 +273,15 @@ def _close(url, run_id, name, outcome, wall, *, error="", artifacts=None) -> Out
     return Outcome(run_id, name, outcome, error=error, wall_seconds=wall)
 
 
-def promotion_target(verdict: GateResult, report_site: str) -> tuple[str, str]:
-    """(alias, site) a passing verdict moves: `production` for every site, or `production@site`."""
-    return PRODUCTION, (report_site if verdict.scope == "site" else "")
-
-
 def _record(url, home, cat, name, run_id, report, parent, decision_id, plan, result, cand_w, data,
             thr: CandidateThresholds, evals, verdict: GateResult, wall) -> Outcome:
     rows = {d_id: ev.to_rows() for d_id, ev in evals.items()}
     held = verdict.passed and verdict.needs_approval
     outcome = RunOutcome.held if held else (RunOutcome.accepted if verdict.passed else RunOutcome.rejected)
-    alias, site = promotion_target(verdict, report.site)
+    intent = PromotionIntent.for_verdict(verdict.scope, report.site, parent.id)
     metrics = {"gate": {"passed": verdict.passed, "summary": verdict.summary, "needs_approval": verdict.needs_approval,
                         "scope": verdict.scope, "site": verdict.site,
-                        "promote": {"alias": alias, "site": site, "parent_id": parent.id},
+                        "promote": intent.to_json(),
                         "checks": [c.__dict__ for c in verdict.checks]}}
     why = f"{name} for report {report.id}: {verdict.summary}"
     common = dict(trainable_parameters=result.trainable_parameters, decision_id=decision_id,
@@ -352,7 +296,7 @@ def _record(url, home, cat, name, run_id, report, parent, decision_id, plan, res
         repo.finish_run(s, run_id, outcome, version.id, wall, result.trainable_parameters, "", metrics,
                         result.artifacts)
         if outcome is RunOutcome.accepted:
-            repo.set_alias(s, parent.model, alias, version.id, reason=why, site=site, run_id=run_id)
+            repo.set_alias(s, parent.model, intent.alias, version.id, reason=why, site=intent.site, run_id=run_id)
         elif outcome is RunOutcome.rejected:
             repo.set_version_status(s, version.id, "rejected", reason=verdict.summary)
         version = repo.get_version(s, version.id)

@@ -1,7 +1,8 @@
 """The registry's tables as SQLAlchemy 2 typed ORM rows.
 
 One file for the whole schema (Optuna's shape) so that a reader sees every
-table, key and constraint at once. Rows stay inside `registry/`: what leaves
+table, key and constraint at once — but the scheduled jobs' tables, in
+`registry/models_jobs.py`; both stand on `registry/models_base.py`. Rows stay inside `registry/`: what leaves
 is `row.to_entity()` (see `registry/entities.py`). Every constraint is named
 through `NAMING`, so migrations can address them on SQLite and PostgreSQL
 alike. The migrations in `migrations/versions/` declare their own copies of
@@ -10,31 +11,25 @@ these tables; `tests/registry/test_migrations.py` proves the two agree.
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import UTC, datetime
-from enum import Enum
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
-    DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy import Enum as SAEnum
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from cxr import clock
 from cxr.kinds import IssueKind
+from registry import models_jobs  # noqa: F401  (schedules, leases, passes: on the same metadata)
 from registry.entities import (
     ApprovalEntity,
     AuditEventEntity,
@@ -52,70 +47,7 @@ from registry.entities import (
     VersionEntity,
     VersionStatus,
 )
-
-NAMING = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-DIGEST = 64  # hex sha256
-
-
-def utcnow() -> datetime:
-    return clock.now()
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite as on PostgreSQL.
-
-    SQLite keeps no offset, so values are normalised to UTC before they are
-    stored and UTC is re-attached when they are read. Naive datetimes are
-    refused: an ambiguous time in an audit trail is a bug.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: registry timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _fields(row: Any, entity: type, **overrides: Any) -> Any:
-    """Build a frozen entity from the row's attributes of the same names (JSON values copied)."""
-    values = {}
-    for f in dataclasses.fields(entity):
-        if f.name in overrides:
-            values[f.name] = overrides[f.name]
-        else:
-            v = getattr(row, f.name)
-            values[f.name] = dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v
-    return entity(**values)
-
-
-def _enum(e: type[Enum], name: str) -> SAEnum:
-    # Stored as the value text (VARCHAR), validated in Python; no native type to migrate.
-    return SAEnum(
-        e, name=name, native_enum=False, create_constraint=False, length=24,
-        values_callable=lambda cls: [m.value for m in cls], validate_strings=True,
-    )
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+from registry.models_base import DIGEST, Base, entity_from_row, enum_column, utcnow
 
 
 class ModelRow(Base):
@@ -128,7 +60,7 @@ class ModelRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def to_entity(self) -> ModelEntity:
-        return _fields(self, ModelEntity)
+        return entity_from_row(self, ModelEntity)
 
 
 class BlobRow(Base):
@@ -146,14 +78,14 @@ class DatasetRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(256))
-    role: Mapped[DatasetRole] = mapped_column(_enum(DatasetRole, "dataset_role"))
+    role: Mapped[DatasetRole] = mapped_column(enum_column(DatasetRole, "dataset_role"))
     digest: Mapped[str] = mapped_column(String(DIGEST))
     size: Mapped[int] = mapped_column(Integer)
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def to_entity(self) -> DatasetEntity:
-        return _fields(self, DatasetEntity)
+        return entity_from_row(self, DatasetEntity)
 
 
 class DecisionRow(Base):
@@ -165,7 +97,7 @@ class DecisionRow(Base):
     rationale: Mapped[str] = mapped_column(Text, default="")
     #: what the planner read besides the report: shift diagnosis, power notes, channel hints (0003_sites)
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[DecisionStatus] = mapped_column(_enum(DecisionStatus, "decision_status"), index=True)
+    status: Mapped[DecisionStatus] = mapped_column(enum_column(DecisionStatus, "decision_status"), index=True)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -175,7 +107,7 @@ class DecisionRow(Base):
     report_links: Mapped[list[DecisionReportRow]] = relationship(lazy="selectin")
 
     def to_entity(self) -> DecisionEntity:
-        return _fields(
+        return entity_from_row(
             self, DecisionEntity, report_ids=sorted(link.report_id for link in self.report_links),
             candidates=[c.to_entity() for c in self.candidates], approvals=[a.to_entity() for a in self.approvals],
         )
@@ -189,7 +121,7 @@ class VersionRow(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     version: Mapped[int] = mapped_column(Integer)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
-    status: Mapped[VersionStatus] = mapped_column(_enum(VersionStatus, "version_status"))
+    status: Mapped[VersionStatus] = mapped_column(enum_column(VersionStatus, "version_status"))
     spec_json: Mapped[str] = mapped_column(Text)
     spec_digest: Mapped[str] = mapped_column(String(DIGEST))
     weights_digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"), index=True)
@@ -218,7 +150,7 @@ class VersionRow(Base):
     def to_entity(
         self, *, parent_ref: str | None = None, aliases: list[str] | None = None, dataset_ids: list[int] | None = None
     ) -> VersionEntity:
-        return _fields(self, VersionEntity, model=self.model.name, parent_ref=parent_ref,
+        return entity_from_row(self, VersionEntity, model=self.model.name, parent_ref=parent_ref,
                        aliases=list(aliases or []), dataset_ids=list(dataset_ids or []))
 
 
@@ -314,7 +246,7 @@ class ReportRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     pathology: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[IssueKind] = mapped_column(_enum(IssueKind, "report_kind"))
+    kind: Mapped[IssueKind] = mapped_column(enum_column(IssueKind, "report_kind"))
     metric: Mapped[str] = mapped_column(String(32))
     value: Mapped[float] = mapped_column(Float)
     target: Mapped[float] = mapped_column(Float)
@@ -328,7 +260,7 @@ class ReportRow(Base):
     cases: Mapped[list[Any]] = mapped_column(default=list)
     source: Mapped[str] = mapped_column(String(32))
     notes: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[ReportStatus] = mapped_column(_enum(ReportStatus, "report_status"))
+    status: Mapped[ReportStatus] = mapped_column(enum_column(ReportStatus, "report_status"))
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[datetime | None] = mapped_column()
     claim_expires_at: Mapped[datetime | None] = mapped_column()
@@ -338,7 +270,7 @@ class ReportRow(Base):
     version: Mapped[VersionRow] = relationship(lazy="joined", innerjoin=True)
 
     def to_entity(self) -> ReportEntity:
-        return _fields(self, ReportEntity, model=self.version.model.name, version=self.version.version,
+        return entity_from_row(self, ReportEntity, model=self.version.model.name, version=self.version.version,
                        counts={"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn})
 
 
@@ -369,7 +301,7 @@ class CandidateRow(Base):
     needs_approval: Mapped[bool] = mapped_column(Boolean, default=False)
 
     def to_entity(self) -> CandidateEntity:
-        return _fields(self, CandidateEntity)
+        return entity_from_row(self, CandidateEntity)
 
 
 class ApprovalRow(Base):
@@ -377,13 +309,13 @@ class ApprovalRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     decision_id: Mapped[int] = mapped_column(ForeignKey("decisions.id"), index=True)
-    verdict: Mapped[Verdict] = mapped_column(_enum(Verdict, "verdict"))
+    verdict: Mapped[Verdict] = mapped_column(enum_column(Verdict, "verdict"))
     actor: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def to_entity(self) -> ApprovalEntity:
-        return _fields(self, ApprovalEntity)
+        return entity_from_row(self, ApprovalEntity)
 
 
 class RunRow(Base):
@@ -400,14 +332,14 @@ class RunRow(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     wall_seconds: Mapped[float | None] = mapped_column(Float)
     trainable_parameters: Mapped[int | None] = mapped_column(Integer)
-    outcome: Mapped[RunOutcome] = mapped_column(_enum(RunOutcome, "run_outcome"), index=True)
+    outcome: Mapped[RunOutcome] = mapped_column(enum_column(RunOutcome, "run_outcome"), index=True)
     error_text: Mapped[str] = mapped_column(Text, default="")
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     artifacts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(128))
 
     def to_entity(self) -> RunEntity:
-        return _fields(self, RunEntity)
+        return entity_from_row(self, RunEntity)
 
 
 class AuditEventRow(Base):
@@ -429,7 +361,7 @@ class AuditEventRow(Base):
     __table_args__ = (Index(None, "entity_type", "entity_id"),)
 
     def to_entity(self) -> AuditEventEntity:
-        return _fields(self, AuditEventEntity)
+        return entity_from_row(self, AuditEventEntity)
 
 
 class AuditHeadRow(Base):
@@ -446,4 +378,3 @@ class AuditHeadRow(Base):
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(DIGEST))
 
-from registry import models_jobs  # noqa: E402, F401  (schedules, leases, passes: same metadata)

@@ -1,7 +1,7 @@
 """ORM rows of the scheduled monitoring jobs: schedules, scheduler leases, passes.
 
-On the same `Base` (and so the same naming convention and metadata) as
-`registry/models.py`, which imports this module at its end so that the
+On the same `Base` (`registry/models_base.py`: the same naming convention and
+metadata) as `registry/models.py`, which imports this module so that the
 metadata — and the ORM-vs-migrations test — sees these tables too. Their
 migration is `migrations/versions/0002_scheduling.py`.
 
@@ -21,7 +21,7 @@ from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text,
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry.entities_jobs import LeaseEntity, PassEntity, PassStatus, ScheduleEntity
-from registry.models import Base, _enum, _fields, utcnow
+from registry.models_base import Base, entity_from_row, enum_column, utcnow
 
 
 class ScheduleRow(Base):
@@ -42,7 +42,7 @@ class ScheduleRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def to_entity(self) -> ScheduleEntity:
-        return _fields(self, ScheduleEntity)
+        return entity_from_row(self, ScheduleEntity)
 
 
 class LeaseRow(Base):
@@ -55,7 +55,7 @@ class LeaseRow(Base):
     expires_at: Mapped[datetime] = mapped_column()
 
     def to_entity(self) -> LeaseEntity:
-        return _fields(self, LeaseEntity)
+        return entity_from_row(self, LeaseEntity)
 
 
 class PassRow(Base):
@@ -72,7 +72,7 @@ class PassRow(Base):
     fire_time: Mapped[datetime] = mapped_column()
     holder: Mapped[str] = mapped_column(String(128))
     window_index: Mapped[int] = mapped_column(Integer)
-    status: Mapped[PassStatus] = mapped_column(_enum(PassStatus, "pass_status"))
+    status: Mapped[PassStatus] = mapped_column(enum_column(PassStatus, "pass_status"))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -80,4 +80,4 @@ class PassRow(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     def to_entity(self) -> PassEntity:
-        return _fields(self, PassEntity, status=PassStatus(self.status))
+        return entity_from_row(self, PassEntity, status=PassStatus(self.status))

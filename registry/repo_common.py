@@ -106,3 +106,4 @@ def count(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(f"expected an integer ≥ 0, got {value!r}", field=field)
     return value
+

@@ -22,6 +22,7 @@ from registry.entities import DecisionEntity, DecisionStatus, RunEntity, RunOutc
 from registry.models import ApprovalRow, CandidateRow, DecisionReportRow, DecisionRow, ReportRow, RunRow, utcnow
 from registry.repo_common import actor_of, finite_or_none
 from registry.repo_versions import _version_row
+from registry.stale import abandon_silent
 
 log = logging.getLogger(__name__)
 #: a timestamp further than this ahead of the checking clock is not believed (see `mark_abandoned_runs`)
@@ -130,6 +131,21 @@ def add_decision_evidence(session: Session, decision_id: int, key: str, value: A
                  new={key: value}, reason=reason, actor=actor)
     session.flush()
     return row.to_entity()
+
+
+def latest_evidence(session: Session, key: str, **match: int | str) -> tuple[int, dict[str, Any]] | None:
+    """The newest decision whose evidence `key` is an object with every field of `match` equal to the given
+    value (ints and strings), as (decision id, that object); None when no decision has such evidence.
+
+    A JSON-path query the database answers (SQLite's json_extract, PostgreSQL's #>> operator), not a scan
+    of every decision in Python.
+    """
+    q = select(DecisionRow.id, DecisionRow.evidence).order_by(DecisionRow.id.desc()).limit(1)
+    for field, value in match.items():
+        path = DecisionRow.evidence[(key, field)]
+        q = q.where(path.as_integer() == value if isinstance(value, int) else path.as_string() == value)
+    row = session.execute(q).first()
+    return None if row is None else (row.id, dict(row.evidence[key]))
 
 
 class ApprovalRefused(InvalidInput):
@@ -282,25 +298,16 @@ def mark_abandoned_runs(session: Session, *, older_than: timedelta = timedelta(h
     again — which a live worker does within one heartbeat interval, far less than the stale time.
     """
     now = now or utcnow()
-    cutoff = now - older_than
-    rows = list(session.scalars(select(RunRow).where(RunRow.outcome == RunOutcome.running,
-                                                     RunRow.heartbeat_at < cutoff).with_for_update(skip_locked=True)))
-    stamp = utcnow()
-    for r in rows:
-        r.outcome, r.finished_at = RunOutcome.abandoned, stamp
-        r.error_text = r.error_text or f"no heartbeat since {r.heartbeat_at.isoformat()}"
-    audit.record_many(session, [{
-        "action": "run.abandon", "entity_type": "treatment_run", "entity_id": r.id,
-        "old": {"outcome": "running"}, "new": {"outcome": "abandoned"}, "reason": r.error_text,
-    } for r in rows], actor=actor)
-    session.flush()
+    abandoned = abandon_silent(session, RunRow, "outcome", RunOutcome.running, RunOutcome.abandoned,
+                               cutoff=now - older_than, action="run.abandon", entity_type="treatment_run",
+                               why=lambda r: f"no heartbeat since {r.heartbeat_at.isoformat()}", actor=actor)
     ahead = list(session.scalars(
         update(RunRow).where(RunRow.outcome == RunOutcome.running, RunRow.heartbeat_at > now + max_skew)
         .values(heartbeat_at=now).returning(RunRow.id).execution_options(synchronize_session=False)))
     if ahead:
         log.warning("runs %s had heartbeats more than %s s ahead of this clock (%s): set back to now",
                     sorted(ahead), max_skew.total_seconds(), now.isoformat())
-    return [r.id for r in rows]
+    return abandoned
 
 
 def stalled_decisions(session: Session, *, older_than: timedelta, now: datetime | None = None,

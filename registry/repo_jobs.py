@@ -37,6 +37,7 @@ from registry.entities_jobs import LeaseEntity, PassEntity, PassStatus, Schedule
 from registry.models import utcnow
 from registry.models_jobs import LeaseRow, PassRow, ScheduleRow
 from registry.repo_common import actor_of
+from registry.stale import abandon_silent
 
 _EDITABLE = ("cron", "model", "source", "site", "per_window", "max_cost", "enabled", "next_index")
 _FINAL = (PassStatus.succeeded, PassStatus.failed, PassStatus.abandoned)
@@ -258,20 +259,10 @@ def finish_pass(session: Session, pass_id: int, status: PassStatus | str, *, sum
 def mark_stale_passes(session: Session, *, older_than: timedelta, now: datetime | None = None,
                       actor: str | None = None) -> list[int]:
     """Running passes whose heartbeat is older than `older_than` become `abandoned`; audited. Returns their ids."""
-    cutoff = (now or utcnow()) - older_than
-    rows = list(session.scalars(select(PassRow).where(PassRow.status == PassStatus.running,
-                                                      PassRow.heartbeat_at < cutoff)
-                                .order_by(PassRow.id).with_for_update(skip_locked=True)))
-    stamp = utcnow()
-    for r in rows:
-        r.status, r.finished_at = PassStatus.abandoned, stamp
-        r.error_text = r.error_text or f"no heartbeat since {r.heartbeat_at.isoformat()} (holder {r.holder})"
-    audit.record_many(session, [{
-        "action": "pass.abandon", "entity_type": "job_pass", "entity_id": r.id,
-        "old": {"status": "running"}, "new": {"status": "abandoned"}, "reason": r.error_text,
-    } for r in rows], actor=actor)
-    session.flush()
-    return [r.id for r in rows]
+    return abandon_silent(session, PassRow, "status", PassStatus.running, PassStatus.abandoned,
+                          cutoff=(now or utcnow()) - older_than, action="pass.abandon", entity_type="job_pass",
+                          why=lambda r: f"no heartbeat since {r.heartbeat_at.isoformat()} (holder {r.holder})",
+                          actor=actor)
 
 
 def get_pass(session: Session, pass_id: int) -> PassEntity:

@@ -29,8 +29,6 @@ import numpy as np
 from cxr.data import CXRDataset
 from cxr.spec import ArchSpec
 
-KINDS = frozenset({"false_positives", "false_negatives", "auroc_drop", "calibration_drift", "footprint"})
-
 
 @dataclass(frozen=True)
 class Case:

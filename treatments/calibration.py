@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cxr.kinds import IssueKind
 from cxr.thresholds import choose_operating_point, f1_optimal, tradeoff_table, youden
 from treatments.base import PlanningContext, ReportInfo, TreatmentContext, TreatmentResult, probabilities, site_or_all
 from treatments.operating import target_point
@@ -30,7 +31,7 @@ class CalibrationParams(BaseModel):
 
 class ThresholdCalibration:
     name = "threshold_calibration"
-    fixes = frozenset({"false_positives", "false_negatives", "calibration_drift"})
+    fixes = frozenset({IssueKind.false_positives, IssueKind.false_negatives, IssueKind.calibration_drift})
     head_only = True
 
     def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
@@ -50,7 +51,7 @@ class ThresholdCalibration:
         current = ctx.thresholds.get(name)
         kind = ctx.report.kind
         warnings: list[str] = []
-        if kind in ("false_positives", "false_negatives"):
+        if kind in (IssueKind.false_positives, IssueKind.false_negatives):
             op, warning = target_point(ctx, y, s)
             warnings += [warning] if warning else []
         else:

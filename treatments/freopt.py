@@ -48,6 +48,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxr.blocks import Consistency, block_parameter_names, tail_logits, tune_block
+from cxr.kinds import IssueKind
 from cxr.model import CXRDenseNet
 from cxr.site_style import SiteStyle, site_matched_augment
 from cxr.stats import auroc, binary_metrics
@@ -110,7 +111,7 @@ class _Attempt:
 
 class FReoptimization:
     name = "f_reoptimization"
-    fixes = frozenset({"false_positives", "false_negatives", "auroc_drop"})
+    fixes = frozenset({IssueKind.false_positives, IssueKind.false_negatives, IssueKind.auroc_drop})
     head_only = False
 
     def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:
@@ -303,10 +304,10 @@ def _heldout_check(ctx: TreatmentContext, held: FeatureSplit, probs: np.ndarray,
         return {**out, "fixed": False, "score": None, "summary": "not checkable (one class missing)"}
     m = binary_metrics(y, s, t)
     out |= {"auroc": auroc(y, s), "recall": m["sensitivity"], "fpr": m["fpr"]}
-    if r.kind == "false_positives":
+    if r.kind == IssueKind.false_positives:
         fixed = m["fpr"] <= r.target and m["sensitivity"] >= ctx.slo.min_recall
         score, text = -m["fpr"], f"FPR {m['fpr']:.3f} at recall {m['sensitivity']:.3f}"
-    elif r.kind == "false_negatives":
+    elif r.kind == IssueKind.false_negatives:
         fixed, score, text = m["sensitivity"] >= r.target, m["sensitivity"], f"recall {m['sensitivity']:.3f}"
     else:
         fixed, score, text = out["auroc"] >= r.target, out["auroc"], f"AUROC {out['auroc']:.3f}"

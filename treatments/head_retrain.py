@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from cxr.kinds import PERFORMANCE_KINDS
 from treatments.base import (
     FeatureSplit,
     PlanningContext,
@@ -112,7 +113,7 @@ def fit_head(
 
 class HeadRetrain:
     name = "head_retrain"
-    fixes = frozenset({"false_positives", "false_negatives", "auroc_drop", "calibration_drift"})
+    fixes = PERFORMANCE_KINDS
     head_only = True
 
     def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxr.kinds import IssueKind
 from cxr.thresholds import OperatingPoint, choose_for_false_negatives, choose_for_false_positives, recall_floor
 from treatments.base import TreatmentContext
 
@@ -32,7 +33,7 @@ def target_point(ctx: TreatmentContext, y: np.ndarray, s: np.ndarray) -> tuple[O
     floor, the point is the best the floor allows and the warning says why; the gate then
     judges it on held-out data.
     """
-    if ctx.report.kind == "false_positives":
+    if ctx.report.kind == IssueKind.false_positives:
         aim = ctx.report.target * (1.0 - ctx.fpr_headroom)
         op = choose_for_false_positives(y, s, aim, ctx.slo.min_recall, ctx.delta, fpr_delta=ctx.fpr_delta)
         if op.feasible:

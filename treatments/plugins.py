@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from treatments.base import KINDS, Treatment
+from cxr.kinds import IssueKind
+from treatments.base import Treatment
 
 log = logging.getLogger(__name__)
 GROUP = "cxr_decide.treatments"
@@ -31,7 +32,7 @@ def check_treatment(obj: object) -> str | None:
         return f"does not implement the Treatment protocol (missing {', '.join(missing)})"
     if not isinstance(obj.name, str) or not obj.name.isidentifier():
         return "name must be a snake_case identifier"
-    unknown = set(obj.fixes) - KINDS
+    unknown = set(obj.fixes) - set(IssueKind)
     if unknown:
         return f"fixes unknown issue kinds {sorted(unknown)}"
     return None

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxr.augment import site_style
 from cxr.infer import predict_probs
+from cxr.kinds import PERFORMANCE_KINDS
 from cxr.model import parameter_count
 from cxr.site_style import site_matched_augment
 from cxr.train import TrainConfig, train
@@ -53,7 +54,7 @@ class AugmentationParams(RetrainParams):
 
 class _Retrain:
     head_only = False
-    fixes = frozenset({"false_positives", "false_negatives", "auroc_drop", "calibration_drift"})
+    fixes = PERFORMANCE_KINDS
     params_model: type[RetrainParams] = RetrainParams
 
     def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cxr.kinds import IssueKind
 from treatments.base import (
     PlanningContext,
     ReportInfo,
@@ -39,7 +40,7 @@ class SurgeryParams(BaseModel):
 
 class SurgicalCorrection:
     name = "surgical_correction"
-    fixes = frozenset({"false_positives"})
+    fixes = frozenset({IssueKind.false_positives})
     head_only = True
 
     def applicable(self, report: ReportInfo, planning: PlanningContext) -> tuple[bool, str]:

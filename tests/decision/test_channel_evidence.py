@@ -9,7 +9,7 @@ from cxr.errors import InvalidInput
 from cxr.model import build_model
 from cxr.spec import preset
 from cxr.weights import to_bytes
-from decision.channel_evidence import channel_evidence, reference_stats
+from decision.evidence import channel_evidence, reference_stats
 
 
 def _weights(plant: bool):

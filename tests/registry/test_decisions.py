@@ -102,3 +102,31 @@ def test_stale_runs_are_abandoned(setup):
         assert repo.mark_abandoned_runs(s) == []
         assert [e.action for e in audit.list_events(s, entity_type="treatment_run", entity_id=stale.id)] == [
             "run.start", "run.abandon"]
+
+
+def test_latest_evidence_is_found_by_the_database_newest_first_and_only_on_every_field(setup):
+    """The finder behind planning's shift-diagnosis lookup: a JSON-path query on SQLite and PostgreSQL,
+    checked against a brute-force scan of the same decisions."""
+    _v, rid = setup
+    diagnoses = [{"level": "input", "version_id": 1, "site": "site-b", "strength": 0.9},
+                 {"level": "feature", "version_id": 2, "site": "site-b"},
+                 {"level": "input", "version_id": 1, "site": "site-e"},
+                 {"level": "head", "version_id": 1, "site": "site-b", "strength": 0.4},
+                 None]
+    with session_scope() as s:
+        ids = []
+        for diag in diagnoses:
+            d = repo.create_decision(s, [rid], "p" * 64, CANDIDATES, "threshold_calibration", "x")
+            if diag is not None:
+                repo.add_decision_evidence(s, d.id, "shift_diagnosis", diag)
+            ids.append(d.id)
+        repo.add_decision_evidence(s, ids[4], "channel_evidence", {"version_id": 1, "site": "site-b"})
+    with session_scope(read_only=True) as s:
+        for version_id in (1, 2, 3):
+            for site in ("site-b", "site-e", "site-z"):
+                want = next(((d.id, d.evidence["shift_diagnosis"]) for d in reversed(repo.list_decisions(s))
+                             if (d.evidence or {}).get("shift_diagnosis", {}).get("version_id") == version_id
+                             and d.evidence["shift_diagnosis"].get("site") == site), None)
+                got = repo.latest_evidence(s, "shift_diagnosis", version_id=version_id, site=site)
+                assert got == want, (version_id, site)
+        assert repo.latest_evidence(s, "shift_diagnosis", version_id=1, site="site-b") == (ids[3], diagnoses[3])

@@ -1,0 +1,183 @@
+"""Evidence for planning: what the engine reads besides the report, and the report as plugins and the planner see it.
+
+* The planning converters: a stored report as a plugin's `ReportInfo` and the planner's `ReportView`,
+  a pathology's SLO, and the data sets a treatment and its evaluation may use (`data_plan`).
+* The shift diagnosis: a backbone treatment diagnoses where a site's films depart from the training
+  films (`treatments.freopt`); the engine records it on its decision (`record_diagnosis`), later rungs
+  of that decision reuse it, and planning reads the newest one about the same version at the same site
+  (`site_diagnosis`, a registry finder) to skip head-level rungs under a strong input-level shift.
+* Polarized-channel evidence: what a version's classifier channels say about a false-positive
+  pathology (`cxr.channels.conflict_evidence` with NIH's reference label statistics).
+
+Evidence never stops planning: what cannot be read is logged and left out.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from cxr.errors import NotFound
+from decision.planner import ReportView, TreatmentInfo
+from policies import Policy
+from registry import repo
+from registry.entities import PRODUCTION, DatasetEntity, DatasetRole, ReportEntity, VersionEntity
+from registry.session import session_scope
+from treatments.base import Case, PlanningContext, ReportInfo, Slo, Treatment
+
+if TYPE_CHECKING:
+    from cxr.channels import ChannelEvidence
+    from cxr.labelstats import LabelStats
+    from cxr.weights import Weights
+    from decision.catalog import Catalog
+
+log = logging.getLogger(__name__)
+SHIFT_DIAGNOSIS = "shift_diagnosis"
+CHANNEL_EVIDENCE = "channel_evidence"
+
+
+# -- the report as plugins and the planner see it ---------------------------------------------------
+def serving_version(session: Session, report: ReportEntity) -> VersionEntity:
+    """The version to treat for `report`: the one serving its site now (its own `production@site`, else
+    `production`), else the reported one."""
+    try:
+        return repo.resolve_version(session, f"{report.model}@{PRODUCTION}", site=report.site)
+    except NotFound:  # no production alias yet
+        return repo.get_version(session, report.version_id)
+
+
+def report_info(r: ReportEntity) -> ReportInfo:
+    cases = tuple(Case(str(c.get("image_id")), float(c.get("score", 0.0)), c.get("label")) for c in r.cases)
+    return ReportInfo(r.id, r.pathology, r.kind.value, r.metric, r.value, r.target, r.site, cases)
+
+
+def report_view(r: ReportEntity) -> ReportView:
+    return ReportView(r.id, r.model, r.version, r.pathology, r.kind.value, r.metric, r.value, r.target, r.site,
+                      any(c.get("label") == 0 for c in r.cases) or bool(r.cases), len(r.cases))
+
+
+def slo_for(policy: Policy, pathology: str) -> Slo:
+    s = policy.slos.for_pathology(pathology)
+    return Slo(min_recall=s.min_recall or 0.0, max_fpr=s.max_fpr or 1.0, min_auroc=s.min_auroc or 0.0)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The registered data sets a treatment and its evaluation may use."""
+
+    train: list[DatasetEntity]
+    calibration: list[DatasetEntity]  # the version's calibration sets + the site's labelled feedback
+    evaluation: list[DatasetEntity]
+
+    @property
+    def used_ids(self) -> list[int]:
+        return sorted({d.id for d in self.train + self.calibration + self.evaluation})
+
+
+def data_plan(session: Session, parent: VersionEntity, site: str) -> DataPlan:
+    linked = repo.list_datasets(session, ids=parent.dataset_ids) if parent.dataset_ids else []
+    by_role = {role: [d for d in linked if d.role == role] for role in DatasetRole}
+    feedback = repo.list_datasets(session, role=DatasetRole.feedback, site=site)
+    cal = by_role[DatasetRole.calibration] + [d for d in feedback if d.id not in {x.id for x in linked}]
+    cal += [d for d in by_role[DatasetRole.feedback] if d.id not in {x.id for x in cal}]
+    return DataPlan(by_role[DatasetRole.train], cal, by_role[DatasetRole.evaluation])
+
+
+def treatment_infos(session: Session, plugins: dict[str, Treatment], policy: Policy, report: ReportEntity,
+                    parent: VersionEntity, skip: str = "") -> list[TreatmentInfo]:
+    """What each plugin says about treating `report` on `parent` (its cheap `applicable` check with the
+    policy's parameters, the parent's operating points at the site and the site's calibration cases), as
+    the planner reads it. A plugin whose check raises is not applicable; `skip` (`skips_head_level`) rules
+    out the head-level ones."""
+    from cxr.spec import ArchSpec
+
+    spec = ArchSpec.from_json(parent.spec_json)
+    cases = sum(d.size for d in data_plan(session, parent, report.site).calibration
+                if d.source.get("site") == report.site)
+    info, infos = report_info(report), []
+    for name, plugin in plugins.items():
+        entry = policy.treatments.get(name)
+        params = dict(entry.params) if entry is not None else {}
+        try:
+            ok, why = plugin.applicable(info, PlanningContext(spec, parent.thresholds_for(report.site), params, cases))
+        except Exception as exc:  # a plugin's own check must not stop planning
+            ok, why = False, f"applicable() raised {exc.__class__.__name__}: {exc}"
+        if ok and skip and plugin.head_only:
+            ok, why = False, skip
+        infos.append(TreatmentInfo(name, frozenset(plugin.fixes), ok, why))
+    return infos
+
+
+# -- the shift diagnosis ------------------------------------------------------------------------------
+def site_diagnosis(session: Session, parent: VersionEntity, site: str) -> dict[str, Any] | None:
+    """The newest shift diagnosis recorded for `parent`'s films at `site` (by a backbone treatment of an
+    earlier decision), with the decision's id, or None. A diagnosis describes one version at one site, so
+    no other is reused."""
+    found = repo.latest_evidence(session, SHIFT_DIAGNOSIS, version_id=parent.id, site=site)
+    return None if found is None else {**found[1], "decision": found[0]}
+
+
+def skips_head_level(policy: Policy, diag: dict[str, Any] | None) -> str:
+    """Why head-level rungs are skipped under `diag` (policy `diagnosis.skip_head_level_strength`), or ''."""
+    bar = policy.diagnosis.skip_head_level_strength
+    if diag is None or bar is None or diag.get("level") != "input" or float(diag.get("strength", 0.0)) < bar:
+        return ""
+    return (f"a strong input-level shift at {diag.get('site')} (strength {float(diag['strength']):.2f} ≥ {bar:g}, "
+            f"located at {diag.get('located_at') or 'the input'}; diagnosed in decision {diag.get('decision')}) "
+            "— head-level treatments read features the site's films already distort, so they are skipped")
+
+
+def record_diagnosis(url: str | None, decision_id: int, parent: VersionEntity, site: str,
+                     artifacts: dict[str, Any] | None) -> None:
+    """Record the shift diagnosis a backbone treatment made (its `diagnosis` artifact) on the decision, with
+    the version and site it describes: the decision's later rungs reuse it, and the planner reads it for
+    later reports about the same version at the same site. Evidence only: a failure to record it is logged."""
+    diag = (artifacts or {}).get("diagnosis")
+    if not isinstance(diag, dict) or diag.get("level") in (None, "none"):
+        return
+    try:
+        with session_scope(url) as s:
+            repo.add_decision_evidence(s, decision_id, SHIFT_DIAGNOSIS,
+                                       {**diag, "version_id": parent.id, "version": parent.ref, "site": site},
+                                       reason=f"shift diagnosis at {site}: {diag.get('level')}-level")
+    except Exception as exc:
+        log.warning("recording the shift diagnosis of decision %d failed: %s", decision_id, exc)
+
+
+def decision_diagnosis(url: str | None, decision_id: int) -> dict[str, Any] | None:
+    """The shift diagnosis recorded with the decision (None when none was made)."""
+    with session_scope(url, read_only=True) as s:
+        return (repo.get_decision(s, decision_id).evidence or {}).get(SHIFT_DIAGNOSIS)
+
+
+# -- polarized classifier channels -----------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def reference_stats() -> LabelStats:
+    """NIH ChestX-ray14's label statistics (112,120 films), computed once per process."""
+    from cxr.labelstats import nih_reference_stats
+
+    return nih_reference_stats()
+
+
+def channel_evidence(weights: Weights, pathology: str, stats: LabelStats | None = None) -> ChannelEvidence:
+    """What the version's polarized classifier channels say about `pathology` (`cxr.channels.conflict_evidence`):
+    `hint` goes into a decision's rationale, `data` into the numbers recorded with it, and
+    `conflict_channels` are the surgery's natural candidates. Raises `InvalidInput` when the classifier has
+    no such output."""
+    from cxr.channels import conflict_evidence
+
+    w = weights.state["classifier.weight"].numpy()
+    return conflict_evidence(w, weights.spec.pathologies, stats or reference_stats(), pathology)
+
+
+def channel_hint(catalog: Catalog, parent: VersionEntity, pathology: str) -> ChannelEvidence | None:
+    """`channel_evidence` for `parent`, or None (logged) if it cannot be read."""
+    try:
+        return channel_evidence(catalog.weights(parent), pathology)
+    except Exception as exc:  # evidence must never stop planning
+        log.warning("channel evidence for %s skipped: %s", pathology, exc)
+        return None
