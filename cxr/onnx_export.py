@@ -6,8 +6,14 @@ torchxrayvision's range and returns `logits`, `probabilities` (sigmoid) and
 treatments and for evaluating an int8 version). The model's metadata
 (`metadata_props`) carries what a deployment needs to use it correctly:
 
-* `cxr_decide.preprocessing`: how pixels become input (grey intensities in
-  [0, 1] → ×2048 − 1024, centre crop to a square, area resize to R×R),
+* `cxr_decide.preprocessing`: how a film becomes input, in words (`steps`: read
+  as grey intensities in [0, 1], ×2048 − 1024, centre crop to a square, then
+  scikit-image's anti-aliased `resize` to R×R exactly as torchxrayvision's
+  `XRayResizer` calls it — not area averaging) beside the tensor's name,
+  layout, dtype and resolution,
+* `cxr_decide.preprocessing_recipe`: the same steps as values (functions and
+  their exact arguments; `cxr.images.preprocessing_recipe`, the one place the
+  product's preprocessing is described), for a deployment to follow,
 * `cxr_decide.pathologies`: the output order,
 * `cxr_decide.operating_points`: the version's per-pathology thresholds (null
   where none is certified) and per-site overrides,
@@ -36,7 +42,9 @@ import torch
 from torch import nn
 
 from cxr.errors import InvalidInput
+from cxr.images import preprocessing_recipe
 from cxr.model import CXRDenseNet
+from cxr.spec import ArchSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +52,26 @@ OUTPUTS = ("logits", "probabilities", "features")
 OPSET = 17
 
 
-def preprocessing_text(model: CXRDenseNet) -> str:
-    """The preprocessing a deployment must apply, as JSON text."""
-    s = model.spec
-    return json.dumps({
-        "input": "image", "layout": "NCHW", "dtype": "float32", "channels": s.in_channels,
-        "resolution": s.resolution, "key": s.preprocessing.key(),
-        "steps": [
-            "read the film as grey intensities in [0, 1] (8-bit / 255, 16-bit / 65535; DICOM: modality LUT, "
-            "VOI window, MONOCHROME1 inverted)",
-            "x = intensity * 2048 - 1024 (torchxrayvision's normalize to [-1024, 1024])",
-            "centre-crop to a square (the shorter side)",
-            f"resize to {s.resolution}x{s.resolution} with area averaging",
-        ],
+def preprocessing_metadata(spec: ArchSpec) -> dict[str, str]:
+    """The preprocessing a deployment must apply, as `metadata_props` entries (JSON text each).
+
+    `cxr_decide.preprocessing`: the steps in words (`steps`, one sentence each) and the input
+    tensor; `cxr_decide.preprocessing_recipe`: `cxr.images.preprocessing_recipe` for the spec's
+    resolution, the same steps as values. Both come from the recipe, so they say the same.
+    """
+    recipe = preprocessing_recipe(spec.resolution)
+    summary = {
+        "input": "image", "layout": "NCHW", "dtype": "float32", "channels": spec.in_channels,
+        "resolution": spec.resolution, "key": spec.preprocessing.key(),
+        "key_note": "the spec's name for this preprocessing (its 'area' is a historical label, not the method); "
+                    "the steps say what is done",
+        "steps": [step["text"] for step in recipe["steps"]],
+        "recipe": "cxr_decide.preprocessing_recipe",
         "outputs": {"logits": "per-pathology logits", "probabilities": "sigmoid(logits)",
                     "features": "pooled classifier input"},
-    }, sort_keys=True)
+    }
+    return {"cxr_decide.preprocessing": json.dumps(summary, sort_keys=True),
+            "cxr_decide.preprocessing_recipe": json.dumps(recipe, sort_keys=True)}
 
 
 class _Graph(nn.Module):
@@ -99,7 +111,7 @@ def export_onnx(model: CXRDenseNet, *, thresholds: Mapping[str, float | None] | 
     finally:
         model.train(was_training)
     meta = {
-        "cxr_decide.preprocessing": preprocessing_text(model),
+        **preprocessing_metadata(s),
         "cxr_decide.pathologies": json.dumps(list(s.pathologies)),
         "cxr_decide.operating_points": json.dumps(
             {"default": dict(thresholds or {}), "sites": {k: dict(v) for k, v in (site_thresholds or {}).items()}},

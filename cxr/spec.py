@@ -59,6 +59,9 @@ class Preprocessing(BaseModel):
 
     normalization: Literal["xrv-1024"] = "xrv-1024"  # 8-bit [0,255] -> [-1024, 1024]
     crop: Literal["center"] = "center"
+    #: a name kept for the digests and feature-cache keys it is part of: the resize is scikit-image's
+    #: anti-aliased one as torchxrayvision's XRayResizer calls it, not area averaging — the exact recipe is
+    #: `cxr.images.preprocessing_recipe`, which the ONNX export writes into the model's metadata
     resize: Literal["area"] = "area"
 
     def key(self) -> str:

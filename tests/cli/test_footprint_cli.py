@@ -40,6 +40,8 @@ def test_export_onnx_matches_pytorch_and_carries_the_operating_points(tiny_home,
         v = repo.resolve_version(s, "cxr@production")
     assert json.loads(meta["cxr_decide.operating_points"])["default"] == v.thresholds
     assert meta["cxr_decide.version"] == v.ref
+    recipe = json.loads(meta["cxr_decide.preprocessing_recipe"])  # tests/cxr/test_onnx_recipe.py replays it
+    assert recipe["resolution"] == 32 and recipe["steps"][3]["function"] == "skimage.transform.resize"
     # an independent check: run the file with ONNX Runtime on fresh pixels, compare with the registered model
     model = Catalog(tiny_home.home).weights(v).model()
     x = (np.random.default_rng(5).random((6, 1, 32, 32), dtype=np.float32) * 2 - 1) * 1024
@@ -124,7 +126,7 @@ def test_import_weights_refuses_a_poisoned_pickle_with_exit_2(tmp_path):
 def test_export_of_a_registered_int8_version_uses_its_own_classifier(tiny_home, tmp_path):
     """An int8 version whose head changed after quantization (e.g. a later head retrain) is exported with
     the version's classifier, not the one frozen into its graph."""
-    from cxr.onnx_export import ort_session
+    from cxr.onnx_export import ort_session, preprocessing_metadata, read_metadata
     from cxr.quantize import int8_spec, int8_state, quantize_int8
     from cxr.weights import to_bytes
     from decision.catalog import Catalog
@@ -136,7 +138,7 @@ def test_export_of_a_registered_int8_version_uses_its_own_classifier(tiny_home, 
         v = repo.resolve_version(s, "cxr@production")
     m = Catalog(tiny_home.home).weights(v).model()
     x = (np.random.default_rng(3).random((16, 1, 32, 32), dtype=np.float32) * 2 - 1) * 1024
-    graph = quantize_int8(m, x)
+    graph = _with_the_old_words(quantize_int8(m, x))
     head = m.classifier.weight.detach() * 0.5
     data, _ = to_bytes(int8_spec(m.spec), int8_state(graph, head, m.classifier.bias))
     with session_scope(tiny_home.url) as s:
@@ -150,3 +152,20 @@ def test_export_of_a_registered_int8_version_uses_its_own_classifier(tiny_home, 
     logits, feats = ort_session(out.read_bytes()).run(["logits", "features"], {"image": x})
     expected = torch.nn.functional.linear(torch.from_numpy(feats), head, m.classifier.bias.detach()).numpy()
     assert np.abs(logits - expected).max() < 1e-4
+    # a graph quantized while the export still said "area averaging" leaves with today's recipe
+    meta = read_metadata(out.read_bytes())
+    assert meta["cxr_decide.preprocessing"] == preprocessing_metadata(m.spec)["cxr_decide.preprocessing"]
+    assert json.loads(meta["cxr_decide.preprocessing_recipe"])["steps"][3]["function"] == "skimage.transform.resize"
+
+
+def _with_the_old_words(graph: bytes) -> bytes:
+    """`graph` with the preprocessing metadata the export wrote before issue 18 (no recipe, area resize)."""
+    import onnx
+
+    proto = onnx.load_from_string(graph)
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("cxr_decide.preprocessing")]
+    del proto.metadata_props[:]
+    for k, val in [*keep, ("cxr_decide.preprocessing", json.dumps({"steps": ["resize to 32x32 with area averaging"]}))]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, val
+    return proto.SerializeToString()

@@ -52,7 +52,12 @@ def test_export_matches_pytorch_and_carries_metadata(model):
     assert ops["default"] == {"Cardiomegaly": 0.31, "Hernia": None} and ops["sites"]["site-b"]["Cardiomegaly"] == 0.4
     assert json.loads(meta["cxr_decide.pathologies"])[10] == "Cardiomegaly"
     pre = json.loads(meta["cxr_decide.preprocessing"])
-    assert pre["resolution"] == 32 and "2048 - 1024" in " ".join(pre["steps"])
+    recipe = json.loads(meta["cxr_decide.preprocessing_recipe"])
+    assert pre["resolution"] == recipe["resolution"] == 32 and pre["recipe"] == "cxr_decide.preprocessing_recipe"
+    assert pre["steps"] == [s["text"] for s in recipe["steps"]] and "(2 * v - 1) * 1024" in pre["steps"][1]
+    resize = recipe["steps"][3]  # what XRayResizer calls, not the "area averaging" the export used to claim
+    assert (resize["function"], resize["output_shape"], resize["kwargs"]) == (
+        "skimage.transform.resize", [1, 32, 32], {"mode": "constant", "preserve_range": True})
     assert meta["cxr_decide.version"] == "cxr:3" and meta["cxr_decide.spec"] == model.spec.to_json()
 
 
@@ -61,6 +66,7 @@ def test_int8_quantization_runs_in_onnxruntime_close_to_float(model):
     meta = read_metadata(data)
     q = json.loads(meta["cxr_decide.quantization"])
     assert q["format"] == "QDQ" and q["reduce_range"] and q["per_channel"]
+    assert json.loads(meta["cxr_decide.preprocessing_recipe"])["resolution"] == 32  # the float export's recipe
     assert json.loads(meta["cxr_decide.spec"])["dtype"] == "int8"
     import onnx
 
