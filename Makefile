@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS ?= -q
 
-.PHONY: demo test lint install bench browser clean-venv mutate
+.PHONY: demo test lint install bench browser clean-venv mutate docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# The guides in docs/ as a site in site/ (MkDocs + Material, the `docs` extra that `dev` includes).
+# --strict: a broken link or anchor, or a page missing from mkdocs.yml's nav, fails the build.
+# NO_MKDOCS_2_WARNING silences Material's banner about its end of life, which is not about these docs.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f --quick || exit 1; done
