@@ -12,7 +12,7 @@ import numpy as np
 from scipy.ndimage import affine_transform, gaussian_filter
 
 
-def site_style(x: np.ndarray, rng: np.random.Generator, *, max_zoom: float = 1.2, gamma: float = 0.2,
+def random_site_style(x: np.ndarray, rng: np.random.Generator, *, max_zoom: float = 1.2, gamma: float = 0.2,
                max_noise: float = 0.04, max_blur_px: float = 0.8) -> np.ndarray:
     n, _, h, w = x.shape
     out = np.empty_like(x)

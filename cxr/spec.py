@@ -113,24 +113,18 @@ class ArchSpec(BaseModel):
 
     @model_validator(mode="after")
     def _kept_channels_exist(self) -> ArchSpec:
-        for key, n in self.kept_channels.items():
-            try:
-                b, i = _parse_layer_key(key)
-            except ValueError as exc:
-                raise ValueError(f"kept_channels key {key!r}: {exc}") from None
-            if b > len(self.block_config) or i > self.block_config[b - 1]:
-                raise ValueError(f"kept_channels key {key!r} names no layer of this network")
-            if not 1 <= n <= self.bn_size * self.growth_rate:
-                raise ValueError(f"kept_channels[{key!r}]={n} outside 1..bn_size*growth_rate")
-        for key, n in self.growth_channels.items():
-            try:
-                b, i = _parse_layer_key(key)
-            except ValueError as exc:
-                raise ValueError(f"growth_channels key {key!r}: {exc}") from None
-            if b > len(self.block_config) or i > self.block_config[b - 1]:
-                raise ValueError(f"growth_channels key {key!r} names no layer of this network")
-            if not 1 <= n <= self.growth_rate:
-                raise ValueError(f"growth_channels[{key!r}]={n} outside 1..growth_rate")
+        layer_tables = (("kept_channels", self.kept_channels, self.bn_size * self.growth_rate, "bn_size*growth_rate"),
+                        ("growth_channels", self.growth_channels, self.growth_rate, "growth_rate"))
+        for table, channels, most, most_txt in layer_tables:
+            for key, n in channels.items():
+                try:
+                    b, i = _parse_layer_key(key)
+                except ValueError as exc:
+                    raise ValueError(f"{table} key {key!r}: {exc}") from None
+                if b > len(self.block_config) or i > self.block_config[b - 1]:
+                    raise ValueError(f"{table} key {key!r} names no layer of this network")
+                if not 1 <= n <= most:
+                    raise ValueError(f"{table}[{key!r}]={n} outside 1..{most_txt}")
         for key, n in self.transition_channels.items():
             b = int(key[len("transition"):]) if key.startswith("transition") and key[10:].isdigit() else 0
             if not 1 <= b < len(self.block_config):

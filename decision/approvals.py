@@ -75,7 +75,7 @@ class Settlement:
 def held_run(url: str | None, decision_id: int) -> RunEntity | None:
     """The decision's run whose candidate waits for a person, if any."""
     with session_scope(url, read_only=True) as s:
-        return next((r for r in repo.run_history(s, decision_id=decision_id) if r.outcome == RunOutcome.held), None)
+        return next((r for r in repo.list_runs(s, decision_id=decision_id) if r.outcome == RunOutcome.held), None)
 
 
 def settle_held(url: str | None, d: DecisionEntity) -> Settlement | None:

@@ -45,7 +45,7 @@ from decision import evidence
 from decision.approvals import approved_decisions, settle_held, settle_rejected_holds
 from decision.catalog import Catalog
 from decision.executor import Executor, LocalExecutor, make_executor
-from decision.past_runs import history  # in its own module: `decide costs` reads it without torch
+from decision.past_runs import run_stats  # in its own module: `decide costs` reads it without torch
 from decision.planner import Candidate, Plan, RunStat, plan
 from decision.recovery import Recovery, recover
 from decision.treat import Outcome, execute
@@ -148,7 +148,7 @@ class Engine:
     def plan_open(self, report_ids: list[int] | None = None) -> list[ReportPlan]:
         """What the engine would do for each open report, and why; nothing is claimed or written."""
         with session_scope(self.url, read_only=True) as s:
-            past = history(s)
+            past = run_stats(s)
             reports = [r for r in repo.list_reports(s, status=ReportStatus.open)
                        if report_ids is None or r.id in report_ids]
             return [self.plan_report(s, r, past) for r in reports]
@@ -197,7 +197,7 @@ class Engine:
                 log.warning("report %d: the claim of %s was released meanwhile; left to its new holder",
                             report.id, self.worker)
                 return None
-            rp = self.plan_report(s, report, history(s))
+            rp = self.plan_report(s, report, run_stats(s))
             cands = [_cand_dict(c) for c in rp.plan.candidates]
             chosen = rp.plan.chosen.treatment if rp.plan.chosen else None
             status = DecisionStatus.planned if chosen else DecisionStatus.exhausted
@@ -216,14 +216,14 @@ class Engine:
             return DecisionOutcome(d.report_ids[0], d.id, settled.status, None, message=settled.message)
         with session_scope(self.url) as s:
             report = repo.get_report(s, d.report_ids[0])
-            rp = self.plan_report(s, report, history(s))
+            rp = self.plan_report(s, report, run_stats(s))
         return self._ladder(d.id, report, rp.parent, rp.plan, max_cost, approved=d.chosen)
 
     def _ladder(self, decision_id: int, report: ReportEntity, parent: VersionEntity, p: Plan,
                 max_cost: float | None, approved: str | None) -> DecisionOutcome:
         """Try the untried applicable candidates in order; `approved` names the one a person approved."""
         with session_scope(self.url) as s:
-            tried = {r.treatment for r in repo.run_history(s, decision_id=decision_id)}
+            tried = {r.treatment for r in repo.list_runs(s, decision_id=decision_id)}
         out = DecisionOutcome(report.id, decision_id, DecisionStatus.running, p)
         for cand in (c for c in p.candidates if c.applicable and c.treatment not in tried):
             too_dear = max_cost is not None and cand.expected_cost is not None and cand.expected_cost > max_cost

@@ -13,11 +13,11 @@ from registry import repo
 from registry.entities import RunOutcome
 
 
-def history(session: Session) -> list[RunStat]:
+def run_stats(session: Session) -> list[RunStat]:
     """Past runs as the planner sees them (kind of issue, success, time, parameters), oldest first."""
     facts = repo.run_reports(session)
     out = []
-    for r in repo.run_history(session):
+    for r in repo.list_runs(session):
         if r.outcome in (RunOutcome.running,):
             continue
         succeeded = True if r.outcome == RunOutcome.accepted else (False if r.outcome == RunOutcome.rejected else None)

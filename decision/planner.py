@@ -1,6 +1,6 @@
 """The planner: which treatment to try first for an error report, and why. A pure function.
 
-`plan(report, treatments, policy, history)` takes plain values and returns a `Plan`;
+`plan(report, treatments, policy, past)` takes plain values and returns a `Plan`;
 it reads no database, clock or terminal, so the engine can record its output verbatim
 and a test can replay any decision (STYLE.md: pure core, effects at the edges).
 
@@ -147,12 +147,12 @@ class _Tally:
         self.outcomes: dict[str, list[float]] = {}  # kind -> [successes, failures], weighted by site
 
 
-def _tally(history: Iterable[RunStat], model: CostModel, site: str | None = None, other_sites: float = 1.0
+def _tally(past: Iterable[RunStat], model: CostModel, site: str | None = None, other_sites: float = 1.0
            ) -> dict[str, _Tally]:
     """Per treatment: measured costs (every run) and outcomes per kind, a run for a report at another site
     than `site` counting `other_sites` of one (a run or report without a site counts one)."""
     out: dict[str, _Tally] = {}
-    for run in history:
+    for run in past:
         t = out.get(run.treatment)
         if t is None:
             t = out[run.treatment] = _Tally()
@@ -252,20 +252,20 @@ def plan(
     report: ReportView,
     treatments: list[TreatmentInfo],
     policy: Policy,
-    history: list[RunStat],
+    past: list[RunStat],
     *,
     digest: str | None = None,
 ) -> Plan:
     """Order the treatments for one open report and choose the first to try.
 
     Takes the report, the installed plugins (with the engine's applicability verdict), the policy
-    and the history of past runs. Returns a `Plan`: applicable candidates by ascending
+    and the past runs. Returns a `Plan`: applicable candidates by ascending
     cost / p(success) (ties: cost, then name), then the others with their reasons (policy entries
     without a plugin included); `chosen` is the first applicable one, never `no_action`, or None.
     `digest` may pass a precomputed `policy_digest(policy)` when planning many reports.
     Raises nothing for well-typed input.
     """
-    tallies = _tally(history, policy.learning.cost_model, report.site, policy.learning.other_sites_weight)
+    tallies = _tally(past, policy.learning.cost_model, report.site, policy.learning.other_sites_weight)
     infos = {t.name: t for t in treatments}
     names = list(infos) + [n for n in policy.treatments if n not in infos]
     cands = [_candidate(n, report, infos.get(n), policy, tallies) for n in names]
@@ -280,7 +280,7 @@ def plan(
     chosen = ranked[0] if ordered else None
     n = len(ordered)
     w = policy.learning.other_sites_weight
-    elsewhere = sum(1 for r in history if r.site not in (None, report.site)) if w < 1.0 and report.site else 0
+    elsewhere = sum(1 for r in past if r.site not in (None, report.site)) if w < 1.0 and report.site else 0
     note = (f"p(success) counts each of the {elsewhere} past run(s) for other sites' reports as {w:g} of a run "
             f"at {report.site}." if elsewhere else "")
     return Plan(
@@ -292,15 +292,15 @@ def plan(
     )
 
 
-def empirical_cost_matrix(history: list[RunStat], policy: Policy) -> list[CostRow]:
-    """The cost matrix after learning, for `decide costs`: one row per policy treatment, then history-only ones.
+def empirical_cost_matrix(past: list[RunStat], policy: Policy) -> list[CostRow]:
+    """The cost matrix after learning, for `decide costs`: one row per policy treatment, then ones only past runs name.
 
     `measured_cost` is the mean over runs (None without runs); `blended_cost` the prior blended with
-    them; `p_success_by_kind` the posterior mean for each kind the policy lists or the history shows
+    them; `p_success_by_kind` the posterior mean for each kind the policy lists or the past runs show
     (a treatment without a policy entry uses a uniform prior p0 = 0.5).
     """
     learning = policy.learning
-    tallies = _tally(history, learning.cost_model)
+    tallies = _tally(past, learning.cost_model)
     names = list(policy.treatments) + sorted(n for n in tallies if n not in policy.treatments)
     rows = []
     for name in names:

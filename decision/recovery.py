@@ -98,7 +98,7 @@ def settle_stalled(s: Session, older_than: timedelta, now: datetime) -> list[int
     settled = []
     for did in repo.stalled_decisions(s, older_than=older_than, now=now):
         d = repo.get_decision(s, did)
-        runs = repo.run_history(s, decision_id=did)
+        runs = repo.list_runs(s, decision_id=did)
         accepted = next((r for r in runs if r.outcome == RunOutcome.accepted), None)
         held = next((r for r in runs if r.outcome == RunOutcome.held), None)
         why = f"taken over: the process working on decision {did} stopped between two steps"

@@ -19,7 +19,7 @@ from cxr import clock
 from registry import audit
 from registry.models import BlobRow, DatasetRow, EvaluationRow, VersionDatasetRow, VersionRow
 from registry.repo_aliases import list_aliases
-from registry.repo_decisions import list_decisions, run_history
+from registry.repo_decisions import list_decisions, list_runs
 from registry.repo_jobs import list_passes, list_schedules
 from registry.repo_lineage import alias_moves
 from registry.repo_reports import list_reports
@@ -57,7 +57,7 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
         "evaluations": evaluations,
         "reports": list_reports(session),
         "decisions": list_decisions(session),
-        "runs": run_history(session),
+        "runs": list_runs(session),
         "schedules": list_schedules(session),
         "scheduled_passes": list_passes(session),
         "blobs": [{"digest": b.digest, "size": b.size, "path": b.path, "created_at": b.created_at}

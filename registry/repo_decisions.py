@@ -1,7 +1,7 @@
 """Decisions (with every candidate's numbers), approvals, and treatment runs.
 
 The decision engine writes through these; each call is one state change and
-appends its audit event in the caller's transaction. `run_history` is what
+appends its audit event in the caller's transaction. `list_runs` is what
 the planner's empirical cost matrix is built from, so runs keep their wall
 time, trainable parameters and outcome.
 """
@@ -362,7 +362,7 @@ def get_run(session: Session, run_id: int) -> RunEntity:
     return row.to_entity()
 
 
-def run_history(session: Session, *, treatment: str | None = None,
+def list_runs(session: Session, *, treatment: str | None = None,
                 decision_id: int | None = None) -> list[RunEntity]:
     """Every run, oldest first (the planner's empirical costs come from these)."""
     q = select(RunRow).order_by(RunRow.id)

@@ -10,7 +10,7 @@ the default policy asks a person to approve the last two.
 * `augmentation_retrain` fine-tunes every weight from the parent with augmentation drawn around the
   report site's own style — contrast curve, noise, blur, magnification — estimated from its films
   (`cxr.site_style`); the estimate is recorded. With too few of the site's films it falls back to the
-  fixed preset (`cxr.augment.site_style`).
+  fixed preset (`cxr.augment.random_site_style`).
 * `full_retrain` fine-tunes every weight from the parent on all the data.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr.augment import site_style
+from cxr.augment import random_site_style
 from cxr.infer import predict_probs
 from cxr.kinds import PERFORMANCE_KINDS
 from cxr.model import parameter_count
@@ -29,11 +29,9 @@ from cxr.site_style import site_matched_augment
 from cxr.train import TrainConfig, train
 from treatments.backbone import applicable_with, image_sets, parent_model, site_style_of
 from treatments.base import PlanningContext, ReportInfo, TreatmentContext, TreatmentResult, probabilities
-from treatments.freopt import FReoptimization, FReoptParams
 from treatments.operating import retune
 
-__all__ = ["AugmentationParams", "AugmentationRetrain", "FReoptParams", "FReoptimization", "FullRetrain",
-           "RetrainParams"]
+__all__ = ["AugmentationParams", "AugmentationRetrain", "FullRetrain", "RetrainParams"]
 
 
 class RetrainParams(BaseModel):
@@ -97,7 +95,8 @@ class AugmentationRetrain(_Retrain):
         assert isinstance(p, AugmentationParams)
         style = site_style_of(ctx, p.style_images)
         if style is None:  # too few of the site's films to estimate from: the fixed preset
-            return (site_style, "with preset site-style augmentation (too few site films to estimate its style) ",
+            return (random_site_style,
+                    "with preset site-style augmentation (too few site films to estimate its style) ",
                     {"site_style": None, "augmentation": "preset"})
         how = (f"with augmentation matched to {ctx.report.site} (estimated from {style.n_images} of its films: gamma "
                f"{style.gamma:.2f}, gain {style.gain:.2f}, offset {style.offset:+.3f}, noise {style.noise:.3f}, blur "

@@ -4,7 +4,6 @@ approvals and --max-cost stop the ladder, treatments never see evaluation labels
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -12,14 +11,16 @@ import torch
 
 from cxr.infer import predict_logits
 from decision.catalog import Catalog, head_of
-from decision.engine import Engine, history
+from decision.engine import Engine
 from decision.error_reports import ingest, parse_report
+from decision.past_runs import run_stats
 from decision.planner import empirical_cost_matrix
 from decision.treat import candidate_weights
 from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import DatasetRole, DecisionStatus, ReportStatus, RunOutcome
 from registry.session import session_scope
+from tests import dates
 from treatments.base import TreatmentContext, TreatmentResult
 from treatments.plugins import load_treatments
 
@@ -63,7 +64,7 @@ def _policy(**entries):
 def _report(url, day: int = 1) -> int:
     rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives", "metric": "fpr",
            "value": 0.6, "target": 0.2, "site": "site-b",
-           "window_start": datetime(2026, 2, day, tzinfo=UTC), "window_end": datetime(2026, 2, day + 1, tzinfo=UTC),
+           "window_start": dates.day(day), "window_end": dates.day(day + 1),
            "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1}, "cases": []}
     with session_scope(url) as s:
         return ingest(s, [parse_report(rep)]).ids[0]
@@ -72,7 +73,7 @@ def _report(url, day: int = 1) -> int:
 def _state(url):
     with session_scope(url, read_only=True) as s:
         prod = repo.resolve_version(s, "cxr@production")
-        return prod, repo.list_reports(s), repo.run_history(s), repo.list_decisions(s), audit.verify_chain(s)
+        return prod, repo.list_reports(s), repo.list_runs(s), repo.list_decisions(s), audit.verify_chain(s)
 
 
 def test_plan_writes_nothing(tiny_home):
@@ -198,7 +199,7 @@ def test_the_empirical_cost_matrix_learns_from_runs(tiny_home):
     engine = Engine(tiny_home.url, tiny_home.home, _policy(toy_relabel={}), plugins={"toy_relabel": Relabel()})
     engine.run_pass()
     with session_scope(tiny_home.url, read_only=True) as s:
-        rows = {r.treatment: r for r in empirical_cost_matrix(history(s), engine.policy)}
+        rows = {r.treatment: r for r in empirical_cost_matrix(run_stats(s), engine.policy)}
     row = rows["toy_relabel"]
     assert row.n_runs == 1 and row.measured_cost is not None
     assert row.blended_cost != row.prior_cost  # the prior moved towards what was measured

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.augment import site_style
+from cxr.augment import random_site_style
 from cxr.blocks import Consistency, _unit, block_inputs, block_parameter_names, prefix, tune_block
 from cxr.data import phantom_dataset
 from cxr.features import extract_features
@@ -19,8 +19,8 @@ from cxr.site_style import estimate_site_style, site_matched_augment
 from cxr.spec import XRV_PATHOLOGIES, preset
 from cxr.train import TrainConfig, train
 from treatments.base import Case, FeatureSplit, ReportInfo, Slo, TreatmentContext
-from treatments.freopt import _holdout_mask
-from treatments.retrain import AugmentationParams, AugmentationRetrain, FReoptimization
+from treatments.freopt import FReoptimization, _holdout_mask
+from treatments.retrain import AugmentationParams, AugmentationRetrain
 
 INPUT = {"level": "input", "blocks": [1, 2], "strength": 0.9}
 
@@ -154,7 +154,7 @@ def test_augmentation_retrain_falls_back_to_the_preset_without_site_films(world)
     ctx, _, _, fb = world
     few = replace(ctx, image_data={"train": ctx.image_data["train"], "calibration": fb.subset(np.arange(5))})
     augment, how, extra = AugmentationRetrain()._augmentation(few, AugmentationParams())
-    assert augment is site_style and extra == {"site_style": None, "augmentation": "preset"}
+    assert augment is random_site_style and extra == {"site_style": None, "augmentation": "preset"}
     assert "too few site films" in how
 
 

@@ -11,7 +11,8 @@ from cxr.phantom import PhantomConfig
 from cxr.spec import XRV_PATHOLOGIES, preset
 from cxr.train import TrainConfig, train
 from treatments.base import Case, FeatureSplit, ReportInfo, Slo, TreatmentContext
-from treatments.retrain import AugmentationRetrain, FReoptimization, FullRetrain
+from treatments.freopt import FReoptimization
+from treatments.retrain import AugmentationRetrain, FullRetrain
 
 
 @pytest.fixture(scope="module")
