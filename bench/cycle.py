@@ -8,6 +8,9 @@ intervals against the parent, gate, register the candidate and its evaluations, 
 all audited — for each head-level treatment alone.
 
     python bench/cycle.py [--quick] [--json] [--cycles N]
+
+Each report has a one-day window of its own, the last one ending at the start of today (the one clock's
+day, `cxr.clock`), so the bench runs on any day and with the clock moved.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import _common
 
+from cxr import clock
 from cxr.data import phantom_dataset
 from cxr.phantom import PhantomConfig
 from cxr.spec import preset
@@ -66,12 +70,14 @@ def main() -> None:
             record_dataset(s, fb[0], "feedback", fb[1])
         builtins = load_treatments().treatments
         rows = []
-        day = datetime(2026, 1, 1, tzinfo=UTC)
-        for name in ("threshold_calibration", "surgical_correction", "head_retrain"):
+        names = ("threshold_calibration", "surgical_correction", "head_retrain")
+        today = clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        first = today - timedelta(days=len(names) * (cycles + 1))  # the last window ends at the start of today
+        for name in names:
             engine = Engine(url, home, policy, plugins={name: builtins[name]})
             times, outcomes = [], []
             for i in range(cycles + 1):
-                start = day + timedelta(days=len(rows) * 100 + i)
+                start = first + timedelta(days=len(rows) * (cycles + 1) + i)  # one day per report, in order
                 rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives",
                        "metric": "fpr", "value": 0.5, "target": 0.2, "site": "site-b", "window_start": start,
                        "window_end": start + timedelta(days=1), "counts": {"tp": 9, "fp": 100, "tn": 100, "fn": 1},

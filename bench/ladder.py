@@ -32,7 +32,7 @@ def main() -> None:
 
     url = os.environ.get("DECIDE_DATABASE_URL") or f"sqlite:///{home / 'registry.db'}"
     with session_scope(url, read_only=True) as s:
-        stats = ladder_stats(repo.run_history(s), repo.run_kinds(s))
+        stats = ladder_stats(repo.list_runs(s), repo.run_kinds(s))
     rows = [{"treatment": r.treatment, "kind": r.kind, "tried": r.tried, "accepted": r.accepted, "held": r.held,
              "rejected": r.rejected, "failed": r.failed, "site_scoped": r.site_scoped,
              "top_reasons": "; ".join(f"{name} ×{n}" for name, n in r.top_reasons(3))} for r in stats]

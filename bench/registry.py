@@ -10,7 +10,9 @@ Figures (medians of wall time, each including its own transaction and commit):
 * ingest: 10,000 error reports parsed from JSON Lines, validated, checked against
   the registry and stored with their audit events in one transaction (goal ≤ 5 s).
 On PostgreSQL (`--postgres URL`, a server you can CREATE DATABASE on) a
-throw-away database is created and dropped.
+throw-away database is created and dropped. The reports' hourly windows end at
+the start of the current hour of the one clock (`cxr.clock`) and go back from
+there, so the bench runs on any day and with the clock moved.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,13 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from cxr import clock
 from cxr.spec import XRV_PATHOLOGIES, ArchSpec
 from decision import error_reports
 from registry import blobs, repo
+from registry.entities import BlobRef
 from registry.session import dispose_engines, session_scope, upgrade
 
 PATHOLOGIES = list(XRV_PATHOLOGIES)  # 18
 N_TENSORS = 727  # torchxrayvision DenseNet121's state dict size, roughly
+N_REPORTS = 10_000  # ingested in one transaction, per run
 
 
 def _eval_rows() -> list[dict]:
@@ -53,7 +59,44 @@ def _ms(xs: list[float]) -> dict:
             "n": len(xs)}
 
 
-def bench_backend(url: str, *, quick: bool) -> dict:
+def report_lines(n: int, site: str, *, end: datetime | None = None) -> list[str]:
+    """`n` JSON Lines reports on version bench:1 at `site`, one per hour: the last window ends at `end`
+    (default: the start of the clock's current hour) and each earlier one an hour before."""
+    end = end or clock.now().replace(minute=0, second=0, microsecond=0)
+    lines = []
+    for i in range(n):
+        ws = end - timedelta(hours=n - i)
+        lines.append(json.dumps({
+            "model": "bench", "version": 1, "pathology": PATHOLOGIES[i % 18], "kind": "false_positives",
+            "metric": "fpr", "value": 0.2, "target": 0.1, "site": site, "window_start": ws.isoformat(),
+            "window_end": (ws + timedelta(hours=1)).isoformat(), "counts": {"tp": 3, "fp": 20, "tn": 90, "fn": 1},
+            "cases": [{"image_id": f"img-{i}", "score": 0.9, "label": 0}], "source": "monitor",
+        }))
+    return lines
+
+
+def ingest_lines(url: str, lines: list[str]) -> tuple[int, float]:
+    """Parse, validate and store `lines` in one transaction: (reports created, seconds taken)."""
+    t0 = time.perf_counter()
+    parsed, numbers = error_reports.parse_lines(lines)
+    with session_scope(url) as s:
+        res = error_reports.ingest(s, parsed, lines=numbers)
+    return res.created, time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class Root:
+    """Version bench:1, which the reports name and the lineage grows from, and what its children reuse."""
+
+    spec: str
+    tensors: dict[str, str]
+    blob: BlobRef
+    dataset_id: int  # the evaluation data set the timed versions are evaluated on
+    version_id: int
+
+
+def register_root(url: str) -> Root:
+    """Migrate the registry at `url` and register version bench:1 in it."""
     upgrade(url)
     spec = ArchSpec().to_json()
     tensors = {f"features.block.layer{i}.weight": f"{i:064x}" for i in range(N_TENSORS)}
@@ -63,6 +106,12 @@ def bench_backend(url: str, *, quick: bool) -> dict:
         root = repo.register_version(
             s, "bench", spec_json=spec, weights_digest=ref.digest, blob=ref, backbone_digest="b" * 64,
             tensors_digest="c" * 64, tensor_digests=tensors, pathologies=PATHOLOGIES, parameter_count=6_966_034)
+    return Root(spec, tensors, ref, ds.id, root.id)
+
+
+def bench_backend(url: str, *, quick: bool) -> dict:
+    root = register_root(url)
+    spec, tensors, ref = root.spec, root.tensors, root.blob
     thresholds = {p: 0.5 for p in PATHOLOGIES}
 
     def register(parent_id: int, evaluations: bool) -> int:
@@ -71,12 +120,12 @@ def bench_backend(url: str, *, quick: bool) -> dict:
                 s, "bench", spec_json=spec, weights_digest=ref.digest, backbone_digest="b" * 64,
                 tensors_digest="c" * 64, tensor_digests=tensors, pathologies=PATHOLOGIES,
                 parameter_count=6_966_034, thresholds=thresholds, parent_id=parent_id,
-                code_version="bench", evaluations={ds.id: _eval_rows()} if evaluations else None,
+                code_version="bench", evaluations={root.dataset_id: _eval_rows()} if evaluations else None,
                 reason="bench")
         return v.id
 
     n_timed = 100 if quick else 400
-    times, leaf = [], root.id
+    times, leaf = [], root.version_id
     for _ in range(n_timed):
         t0 = time.perf_counter()
         leaf = register(leaf, True)
@@ -99,25 +148,12 @@ def bench_backend(url: str, *, quick: bool) -> dict:
     assert len(lin.ancestors) == depth - 1, len(lin.ancestors)
     out["lineage_depth_1000"] = _ms(lin_times)
 
-    n_reports, runs = 10_000, 1 if quick else 3
+    n_reports, runs = N_REPORTS, 1 if quick else 3
     ingest_times = []
-    start = datetime(2026, 1, 1, tzinfo=UTC)
     for run in range(runs):
-        lines = []
-        for i in range(n_reports):
-            ws = start + timedelta(hours=i)
-            lines.append(json.dumps({
-                "model": "bench", "version": 1, "pathology": PATHOLOGIES[i % 18], "kind": "false_positives",
-                "metric": "fpr", "value": 0.2, "target": 0.1, "site": f"site-{run}", "window_start": ws.isoformat(),
-                "window_end": (ws + timedelta(hours=1)).isoformat(), "counts": {"tp": 3, "fp": 20, "tn": 90, "fn": 1},
-                "cases": [{"image_id": f"img-{i}", "score": 0.9, "label": 0}], "source": "monitor",
-            }))
-        t0 = time.perf_counter()
-        parsed, numbers = error_reports.parse_lines(lines)
-        with session_scope(url) as s:
-            res = error_reports.ingest(s, parsed, lines=numbers)
-        ingest_times.append(time.perf_counter() - t0)
-        assert res.created == n_reports
+        created, seconds = ingest_lines(url, report_lines(n_reports, f"site-{run}"))
+        ingest_times.append(seconds)
+        assert created == n_reports, created
     out["ingest_10000"] = {"median_s": round(statistics.median(ingest_times), 3), "n": runs}
     with session_scope(url, read_only=True) as s:
         out["audit_chain_ok"] = repo.verify_chain(s).ok

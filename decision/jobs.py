@@ -29,8 +29,8 @@ from registry.session import session_scope
 
 log = logging.getLogger(__name__)
 
-#: the phantom's feedback weeks start here (fixed, so a replayed week is the same window every time)
-PHANTOM_EPOCH = datetime(2026, 1, 5, tzinfo=UTC)
+#: a site's phantom week 0 starts on the Monday at least this long before its first pass (see `phantom_epoch`)
+PHANTOM_HEAD_START = timedelta(weeks=52)
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,59 @@ def next_window_index(source: str, site: str, url: str | None = None) -> int:
     return max(weeks, default=0)
 
 
-def feedback_source(source: str, site: str, index: int, per_window: int, resolution: int, seed: int = 0
-                    ) -> tuple[dict[str, Any], Window]:
-    """The recorded-source dict and time window of feedback window `index` of `source`."""
+def _monday_on_or_before(t: datetime) -> datetime:
+    day = t.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
+
+
+def phantom_epoch(site: str, url: str | None = None) -> datetime:
+    """Where week 0 (index 0) of `site`'s phantom feedback starts in the registry at `url`.
+
+    The registry remembers it: every replayed phantom week is recorded as a feedback data set whose
+    source holds its window (`source["window"]`), and week k starts 7·k days after the epoch, so the
+    earliest recorded week of `site` gives it back. A site not replayed yet gets the Monday 00:00 UTC at
+    least `PHANTOM_HEAD_START` (52 weeks) before now; its first pass records a week and with it fixes
+    the epoch for the registry's life. Hence:
+
+    * one (site, index) is one window in one registry, on any later day and with the clock moved, so
+      monitoring a week again ingests identical reports (a no-op);
+    * later indexes are later weeks;
+    * week k ends 51 − k weeks or more before the site's first pass. A weekly schedule advances one index
+      a week, as fast as the calendar, so its windows stay about a year in the past; only replaying many
+      times faster than weekly reaches a future week, and only past index 51 — more weeks than a site's
+      phantom feedback holds at the default 1,000 studies a week (site-a, the largest, has about 8,000).
+
+    Two first passes of one site that straddle Monday 00:00 UTC in two processes pick different epochs;
+    the one recorded first is read back from then on. Weeks recorded before windows were (no `window` in
+    their source) are not read: such a registry starts a new epoch.
+    """
+    prefix = _week_prefix(site)
+    with session_scope(url, read_only=True) as s:
+        for d in repo.list_datasets(s, role=DatasetRole.feedback, site=site):  # oldest first
+            week = d.name[len(prefix):]
+            if d.name.startswith(prefix) and week.isdigit() and d.source.get("window"):
+                return datetime.fromisoformat(d.source["window"][0]) - timedelta(weeks=int(week) - 1)
+    return _monday_on_or_before(clock.now() - PHANTOM_HEAD_START)
+
+
+def feedback_source(source: str, site: str, index: int, per_window: int, resolution: int, seed: int = 0, *,
+                    epoch: datetime | None = None) -> tuple[dict[str, Any], Window]:
+    """The recorded-source dict and time window of feedback window `index` of `source`.
+
+    `epoch`: where a phantom source's week 0 starts — `phantom_epoch(site, url)` for a pass on a registry;
+    by default the epoch of a site not replayed yet (the Monday 52 weeks or more before now).
+    """
     kind, _, rest = source.partition(":")
     if kind == "phantom":
         if rest and rest != site:
             raise InvalidInput(f"source is {rest} but --site is {site}", field="site")
-        start = PHANTOM_EPOCH + timedelta(days=7 * index)
+        start = (epoch or _monday_on_or_before(clock.now() - PHANTOM_HEAD_START)) + timedelta(weeks=index)
+        end = start + timedelta(weeks=1)
         src = {"kind": "phantom", "site": site, "split": "feedback", "n": per_window * (index + 1),
                "rows": [per_window * index, per_window * (index + 1)], "resolution": resolution, "seed": seed,
-               "missing_sign_rate": 0.10, "name": f"{_week_prefix(site)}{index + 1}"}
-        return src, Window(index, start, start + timedelta(days=7))
+               "missing_sign_rate": 0.10, "name": f"{_week_prefix(site)}{index + 1}",
+               "window": [start.isoformat(), end.isoformat()]}  # read back by `phantom_epoch`
+        return src, Window(index, start, end)
     if kind in ("folder", "nih"):
         folder, _, csv = rest.partition(":")
         now = clock.now().replace(microsecond=0)
@@ -192,9 +233,10 @@ def monitor_pass(engine: Engine, model: str, source: str, site: str, *, index: i
     from cxr.spec import ArchSpec
 
     resolution = ArchSpec.from_json(prod.spec_json).resolution
-    src, window = feedback_source(source, site, index, per_window, resolution)
+    epoch = phantom_epoch(site, engine.url) if source.startswith("phantom") else None
+    src, window = feedback_source(source, site, index, per_window, resolution, epoch=epoch)
     ds = open_recorded(src, cache_dir=Path(engine.home) / "cache")
     mon = monitor_window(engine, model, ds, src, site, window, watch)
     recover = {} if stale_after is None else {"stale_after": stale_after}
-    summary = engine.run_pass(max_cost=max_cost, **recover) if treat else PassSummary(engine.worker)
+    summary = engine.run_pass(max_cost=max_cost, **recover) if treat else PassSummary(worker=engine.worker)
     return JobResult(mon, summary, time.perf_counter() - t0)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from registry import audit, repo
 from registry.entities import RunOutcome
 from registry.session import session_scope
+from tests import dates
 from tests.toy_plugins import install_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +102,8 @@ def ingest_report(url: str | None = None, site: str = "site-b", pathology: str =
     from decision.error_reports import ingest, parse_report
 
     report = {"model": "cxr", "version": 1, "pathology": pathology, "kind": "false_positives", "metric": "fpr",
-              "value": 0.6, "target": 0.3, "site": site, "window_start": datetime(2025, 12, 1, tzinfo=UTC),
-              "window_end": datetime(2025, 12, 8, tzinfo=UTC), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 2},
+              "value": 0.6, "target": 0.3, "site": site, "window_start": dates.day(-35),
+              "window_end": dates.day(-28), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 2},
               "cases": [{"image_id": "x1", "score": 0.9, "label": 0}], "source": "api", "notes": ""}
     with session_scope(url) as s:
         return ingest(s, [parse_report(report)]).ids[0]
@@ -113,7 +113,7 @@ def assert_versions_complete(url: str | None = None) -> None:
     """Every version has its evaluations and (unless it is the baseline) a finished run that names it."""
     with session_scope(url, read_only=True) as s:
         versions = repo.list_versions(s, "cxr")
-        runs = {r.id: r for r in repo.run_history(s)}
+        runs = {r.id: r for r in repo.list_runs(s)}
         for v in versions:
             assert repo.list_evaluations(s, v.id), f"{v.ref} has no evaluations"
             if v.parent_id is None:

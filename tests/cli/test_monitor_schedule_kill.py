@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny-home")]
 
 def _run_ids(outcome: RunOutcome | None = None) -> list[int]:
     with session_scope(read_only=True) as s:
-        return [r.id for r in repo.run_history(s) if outcome is None or r.outcome == outcome]
+        return [r.id for r in repo.list_runs(s) if outcome is None or r.outcome == outcome]
 
 
 def test_sigkill_during_a_treatment_then_restart(tiny_home, tmp_path):
@@ -60,7 +60,7 @@ def test_sigkill_during_a_treatment_then_restart(tiny_home, tmp_path):
     try:
         def redone():
             with session_scope(read_only=True) as s:
-                done = [r for r in repo.run_history(s) if r.id != killed_run and r.outcome != RunOutcome.running]
+                done = [r for r in repo.list_runs(s) if r.id != killed_run and r.outcome != RunOutcome.running]
                 passes = [p for p in repo.list_passes(s) if p.id != killed_pass.id
                           and p.status is PassStatus.succeeded]
                 return done and passes
@@ -78,7 +78,7 @@ def test_sigkill_during_a_treatment_then_restart(tiny_home, tmp_path):
         assert old.status.value == "cancelled"
         again = [d for d in repo.list_decisions(s) if report_id in d.report_ids and d.id != old.id]
         assert again, "the report was not picked up again"
-        retried = list(repo.run_history(s, decision_id=again[0].id))
+        retried = list(repo.list_runs(s, decision_id=again[0].id))
         assert [r.treatment for r in retried] == [TOY_NAME] and retried[0].outcome != RunOutcome.running
         assert repo.get_report(s, report_id).status.value != "claimed"
         assert all(p.status is not PassStatus.running for p in repo.list_passes(s))  # SIGTERM let the pass end

@@ -4,7 +4,6 @@ input-level shift skips the head-level rungs, with the reason in the rationale."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import ClassVar
 
 import pytest
@@ -15,6 +14,7 @@ from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import DecisionStatus
 from registry.session import session_scope
+from tests import dates
 from treatments.base import TreatmentDeclined
 
 pytestmark = pytest.mark.xdist_group("tiny-home")
@@ -57,7 +57,7 @@ def _policy(**diagnosis):
 def _report(url, day, site="site-b"):
     rep = {"model": "cxr", "version": 1, "pathology": "Effusion", "kind": "false_positives", "metric": "fpr",
            "value": 0.99, "target": 0.5, "site": site,
-           "window_start": datetime(2026, 2, day, tzinfo=UTC), "window_end": datetime(2026, 2, day + 1, tzinfo=UTC),
+           "window_start": dates.day(day), "window_end": dates.day(day + 1),
            "counts": {"tp": 5, "fp": 99, "tn": 1, "fn": 1}, "cases": []}
     with session_scope(url) as s:
         return ingest(s, [parse_report(rep)]).ids[0]

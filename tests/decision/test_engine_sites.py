@@ -4,8 +4,6 @@ promote it, reject it, or find it stale."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import pytest
 
@@ -15,6 +13,7 @@ from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import DecisionStatus, ReportStatus, RunOutcome, VersionStatus
 from registry.session import session_scope
+from tests import dates
 from treatments.base import TreatmentResult
 
 pytestmark = pytest.mark.xdist_group("tiny-home")
@@ -64,7 +63,7 @@ def _policy(name, **gate):
 def _report(url, day=1):
     rep = {"model": "cxr", "version": 1, "pathology": TARGET, "kind": "false_positives", "metric": "fpr",
            "value": 0.99, "target": 0.999, "site": "site-b",
-           "window_start": datetime(2026, 2, day, tzinfo=UTC), "window_end": datetime(2026, 2, day + 1, tzinfo=UTC),
+           "window_start": dates.day(day), "window_end": dates.day(day + 1),
            "counts": {"tp": 5, "fp": 99, "tn": 1, "fn": 1}, "cases": []}
     with session_scope(url) as s:
         return ingest(s, [parse_report(rep)]).ids[0]

@@ -4,7 +4,6 @@ exceptions come back as themselves, and the engine records the run exactly as it
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 
 import pytest
 
@@ -16,6 +15,7 @@ from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import RunOutcome
 from registry.session import session_scope
+from tests import dates
 from treatments.base import TreatmentDeclined, TreatmentResult
 from treatments.plugins import load_treatments
 
@@ -52,8 +52,8 @@ def ray_cluster():
 
 def _report(url, pathology: str = "Infiltration") -> int:  # the commonest finding: enough calibration positives
     rep = {"model": "cxr", "version": 1, "pathology": pathology, "kind": "false_positives", "metric": "fpr",
-           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": datetime(2026, 2, 1, tzinfo=UTC),
-           "window_end": datetime(2026, 2, 8, tzinfo=UTC), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1}}
+           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": dates.day(0),
+           "window_end": dates.day(7), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1}}
     with session_scope(url) as s:
         return ingest(s, [parse_report(rep)]).ids[0]
 
@@ -78,7 +78,7 @@ def test_f_reoptimization_runs_as_a_ray_task_and_is_recorded_as_usual(tiny_home,
     assert run.outcome in (RunOutcome.accepted, RunOutcome.rejected), run.error
     assert ex.last_worker is not None and ex.last_worker["pid"] != os.getpid()  # it ran in a Ray worker
     with session_scope(tiny_home.url, read_only=True) as s:
-        [rec] = repo.run_history(s)
+        [rec] = repo.list_runs(s)
         assert rec.treatment == "f_reoptimization" and rec.output_version_id is not None
         assert repo.list_evaluations(s, rec.output_version_id)  # evaluated here, on the held-out sets
         assert audit.verify_chain(s).ok

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -24,6 +24,7 @@ from policies import load_policy, parse_policy
 from registry import audit, repo
 from registry.entities import DecisionStatus, ReportStatus, RunOutcome
 from registry.session import session_scope
+from tests import dates
 from treatments.base import TreatmentResult
 
 pytestmark = [pytest.mark.xdist_group("tiny-home"), pytest.mark.slow]  # an engine pass on the tiny registry: ~3-8 s
@@ -66,7 +67,7 @@ class MustNotRun(SlowTreatment):
 def _report(url) -> int:
     rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives", "metric": "fpr",
            "value": 0.6, "target": 0.2, "site": "site-b",
-           "window_start": datetime(2026, 2, 1, tzinfo=UTC), "window_end": datetime(2026, 2, 2, tzinfo=UTC),
+           "window_start": dates.day(0), "window_end": dates.day(1),
            "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1}, "cases": []}  # fmt: skip
     with session_scope(url) as s:
         return ingest(s, [parse_report(rep)]).ids[0]
@@ -116,7 +117,7 @@ def test_a_live_heartbeat_keeps_a_long_treatment_from_being_taken_over(tiny_home
         concurrent = second.run_pass(stale_after=STALE)
         forced = second.run_pass(stale_after=STALE, take_over=True)  # `decide run --take-over`
         with session_scope(tiny_home.url, read_only=True) as s:
-            during = ([r.outcome for r in repo.run_history(s)], repo.get_report(s, rid).status)
+            during = ([r.outcome for r in repo.list_runs(s)], repo.get_report(s, rid).status)
     finally:
         treatment.release.set()
         worker.join(WAIT)
@@ -127,7 +128,7 @@ def test_a_live_heartbeat_keeps_a_long_treatment_from_being_taken_over(tiny_home
     if "error" in outcome:
         raise outcome["error"]
     with session_scope(tiny_home.url, read_only=True) as s:
-        (run,) = repo.run_history(s)
+        (run,) = repo.list_runs(s)
         assert run.outcome in (RunOutcome.accepted, RunOutcome.rejected) and run.error_text == ""
         assert "run.abandon" not in [e.action for e in audit.list_events(s)]
         assert audit.verify_chain(s).ok

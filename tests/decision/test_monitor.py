@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import pytest
 
@@ -14,8 +12,9 @@ from decision.monitor import assess, wilson
 from policies import load_policy, parse_policy
 from registry import repo
 from registry.session import session_scope
+from tests import dates
 
-WINDOW = (datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 9, tzinfo=UTC))
+WINDOW = dates.week(1)
 NAMES = ["Cardiomegaly", "Effusion"]
 
 
@@ -119,6 +118,29 @@ def test_feedback_windows_are_fixed_weeks():
     assert src["rows"] == [200, 300] and (w.end - w.start).days == 7
     src2, w2 = feedback_source("phantom:site-b", "site-b", 2, 100, 32)
     assert (src2, w2) == (src, w)
+
+
+def test_a_registry_keeps_its_phantom_weeks_as_the_calendar_turns():
+    """Week k of a site is one window for a registry's life, a year on or not; a fresh site's weeks start
+    on a Monday about a year back, so that a schedule's weeks never reach the future."""
+    from datetime import timedelta
+
+    from cxr import clock
+    from decision.jobs import phantom_epoch
+    from registry.session import init_registry
+
+    init_registry()
+    epoch = phantom_epoch("site-b")
+    assert epoch.weekday() == 0 and timedelta(weeks=52) <= clock.now() - epoch < timedelta(weeks=53)
+    src, week3 = feedback_source("phantom:site-b", "site-b", 3, 100, 32, epoch=epoch)
+    assert week3.start == epoch + timedelta(weeks=3) and src["window"] == [week3.start.isoformat(),
+                                                                            week3.end.isoformat()]
+    with session_scope() as s:  # the week as the monitor records it
+        repo.get_or_create_dataset(s, src["name"], "feedback", "d" * 64, 100, src)
+    with clock.moved(timedelta(days=365)):
+        assert phantom_epoch("site-b") == epoch  # read back from the recorded week
+        assert feedback_source("phantom:site-b", "site-b", 3, 100, 32, epoch=phantom_epoch("site-b")) == (src, week3)
+        assert phantom_epoch("site-a") > epoch + timedelta(weeks=51)  # another site: its own, a year on
 
 
 @pytest.mark.xdist_group("tiny-home")

@@ -12,7 +12,6 @@ near 0 or 1 it is shifted (it misses 11 of 30 against a 0.2 target).
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -21,9 +20,10 @@ from scipy.stats import binomtest, norm
 from cxr.stats import delong_ci
 from decision.monitor import MIN_NEGATIVES, MIN_POSITIVES, assess, wilson
 from policies import load_policy, parse_policy
+from tests import dates
 from tests.decision.test_gate_margins import brute_delong
 
-WINDOW = (datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 9, tzinfo=UTC))
+WINDOW = dates.week(1)
 SLO = load_policy().slos
 Z95 = norm.ppf(0.975)
 

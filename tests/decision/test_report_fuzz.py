@@ -21,6 +21,7 @@ from cli.app import app
 from policies import load_policy, policy_digest
 from registry import audit, repo
 from registry.session import session_scope
+from tests import dates
 from tests.decision.test_report_validation import VALID
 
 runner = CliRunner()
@@ -36,7 +37,8 @@ JSON_VALUES = st.recursive(
 )
 # What a field can become: any JSON value, or a near miss of the valid one.
 NEAR = st.sampled_from([0, 1, -1, 0.5, 1.0000001, 2**31 - 1, 2**31, 10**30, "", "Effusion", "site-b", "fpr",
-                        "recall", "auroc", "2026-03-02T00:00:00Z", "2026-03-02T00:00:00+02:00", "\u202e", "\x00"])
+                        "recall", "auroc", dates.iso(dates.day(7)), f"{dates.ymd(dates.day(7))}T00:00:00+02:00",
+                        "\u202e", "\x00"])
 PATHS = ["model", "version", "pathology", "kind", "metric", "value", "target", "site", "window_start", "window_end",
          "counts", "counts.tp", "counts.fp", "counts.tn", "counts.fn", "cases", "cases.0", "cases.0.image_id",
          "cases.0.score", "cases.0.label", "source", "notes", "extra"]
@@ -82,8 +84,7 @@ def _stored_equal(report: dict, stored: dict, fresh: bool) -> None:
 @given(path=st.sampled_from(PATHS), value=JSON_VALUES | NEAR, delete=st.booleans(), day=st.integers(0, 200))
 @settings(FUZZ)
 def test_any_json_value_in_any_field_is_stored_faithfully_or_refused(path, value, delete, day, on_registry, tmp_path):
-    report = {**VALID, "window_start": f"2025-{1 + day % 12:02d}-{1 + day % 28:02d}T00:00:00Z",
-              "window_end": f"2025-{1 + day % 12:02d}-{1 + day % 28:02d}T12:00:00Z"}
+    report = {**VALID, "window_start": dates.iso(dates.day(-day)), "window_end": dates.iso(dates.day(-day, hours=12))}
     report = _mutate(report, path, value, delete)
     try:
         text = json.dumps(report)  # NaN / Infinity tokens included: the parser must refuse them

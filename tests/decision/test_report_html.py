@@ -6,7 +6,6 @@ import base64
 import re
 import shutil
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from decision.error_reports import ingest, parse_report
 from policies import load_policy
 from registry.export import export_all
 from registry.session import session_scope
+from tests import dates
 
 pytestmark = pytest.mark.xdist_group("tiny-home")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,8 +43,8 @@ def chromium_image_check(page: Path, tmp_path: Path) -> tuple[int, int, list[int
 @pytest.fixture
 def report(tiny_home, tmp_path) -> Path:
     rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives", "metric": "fpr",
-           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": datetime(2026, 2, 1, tzinfo=UTC),
-           "window_end": datetime(2026, 2, 8, tzinfo=UTC), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1},
+           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": dates.day(0),
+           "window_end": dates.day(7), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1},
            "notes": "<script>alert('not markup')</script>"}
     with session_scope(tiny_home.url) as s:
         ingest(s, [parse_report(rep)])
@@ -107,8 +107,8 @@ def test_case_evidence_grid_explains_the_reported_films_under_each_version(tiny_
     ds = cat.dataset(fb)
     ids = [ds.image_ids[i] for i in (5, 1, 7)]
     rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives", "metric": "fpr",
-           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": datetime(2026, 2, 1, tzinfo=UTC),
-           "window_end": datetime(2026, 2, 8, tzinfo=UTC), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1},
+           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": dates.day(0),
+           "window_end": dates.day(7), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1},
            "cases": [{"image_id": i, "score": 0.5, "label": 0} for i in ids]
            + [{"image_id": "not-registered", "score": 0.9, "label": 0}]}
     with session_scope(tiny_home.url) as s:

@@ -10,7 +10,7 @@ import json
 import math
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,17 @@ import typer
 from click.testing import CliRunner
 
 from cli.app import app
+from cxr import clock
 from decision import error_reports
+from tests import dates
 
 runner = CliRunner()
 CLI = typer.main.get_command(app)  # built once: every invoke below reuses it
 
 VALID = {
     "model": "cxr", "version": 1, "pathology": "Effusion", "kind": "false_negatives", "metric": "recall",
-    "value": 0.52, "target": 0.8, "site": "site-b", "window_start": "2026-03-02T00:00:00Z",
-    "window_end": "2026-03-09T00:00:00Z", "counts": {"tp": 52, "fp": 10, "tn": 880, "fn": 48},
+    "value": 0.52, "target": 0.8, "site": "site-b", "window_start": dates.iso(dates.day(7)),
+    "window_end": dates.iso(dates.day(14)), "counts": {"tp": 52, "fp": 10, "tn": 880, "fn": 48},
     "cases": [{"image_id": "00000013_005.png", "score": 0.31, "label": 1}], "source": "radiology-qa",
     "notes": "weekly QA of site-b",
 }
@@ -35,7 +37,7 @@ REQUIRED = ["model", "version", "pathology", "kind", "metric", "value", "target"
 STRINGS = ["model", "pathology", "metric", "site", "source", "notes"]
 IDENTIFIERS = ["model", "site", "pathology", "source"]
 BIG = "x" * 200_000
-FUTURE = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+FUTURE = (clock.now() + timedelta(days=30)).isoformat()
 NAN = "__NaN__"  # json.dumps writes these bare (NaN, Infinity): JSON's own parser must refuse them
 
 
@@ -82,8 +84,10 @@ def corpus() -> list[tuple[str, dict | str, str]]:
     for f in ("value", "target"):
         for bad in ("0.5", True, None, [0.5], {"v": 0.5}):
             add(f"{f} as {bad!r}", f, bad)
-    for bad in (20260302, True, "yesterday", "2026-03-02T00:00:00", "2026-13-45T00:00:00Z"):
-        add(f"window_start {bad!r}", "window_start", bad)
+    start = dates.day(7)  # VALID's window_start
+    for name, bad in (("as yyyymmdd", int(f"{start:%Y%m%d}")), ("True", True), ("'yesterday'", "yesterday"),
+                      ("without a zone", f"{start:%Y-%m-%dT%H:%M:%S}"), ("month 13", f"{start.year}-13-45T00:00:00Z")):
+        add(f"window_start {name}", "window_start", bad)
     add("counts as a list", "counts", [52, 10, 880, 48])
     add("cases as an object", "cases", {"image_id": "a", "score": 0.1})
     add("case label true", "cases.0.label", True)
@@ -101,7 +105,7 @@ def corpus() -> list[tuple[str, dict | str, str]]:
     add("recall 0.52 with tp 5, fn 99,999", "counts", {"tp": 5, "fp": 10, "tn": 880, "fn": 99_999}, "counts")
     add("case score 1.2", "cases.0.score", 1.2)
     add("case score -0.1", "cases.0.score", -0.1)
-    add("window reversed", "window_end", "2026-02-01T00:00:00Z")
+    add("window reversed", "window_end", dates.iso(dates.day(0)))
     add("window empty", "window_end", VALID["window_start"])
     add("window in the future", "window_end", FUTURE)
     add("window before 1970", "window_start", "1900-01-01T00:00:00Z")
@@ -191,7 +195,7 @@ def test_each_malformed_variant_exits_2_naming_line_and_field(name, report, fiel
 
 
 def _good(day: int) -> str:
-    start = datetime(2026, 3, 2, tzinfo=UTC) + timedelta(days=day)
+    start = dates.day(7 + day)
     return _line({**VALID, "window_start": start.isoformat(), "window_end": (start + timedelta(days=1)).isoformat()})
 
 

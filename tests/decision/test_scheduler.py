@@ -21,6 +21,7 @@ from decision.scheduler import Scheduler, cron_trigger
 from registry import audit, repo
 from registry.entities_jobs import PassStatus
 from registry.session import dispose_engines, init_registry, session_scope
+from tests import dates
 from tests.conftest import build_tiny_home
 from tests.monitoring import (
     assert_versions_complete,
@@ -32,7 +33,7 @@ from tests.monitoring import (
 )
 
 PG_ENV = "DECIDE_TEST_POSTGRES_URL"
-FIRE = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)  # a Monday
+FIRE = dates.day(0, hours=6)  # a Monday
 
 
 # -- crontab ------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_no_site_b_calibration_is_rejected_for_site_a_and_site_a_keeps_its_opera
     with session_scope(f"sqlite:///{demo.home / 'registry.db'}", read_only=True) as s:
         site_b = {r.id for r in repo.list_reports(s) if r.site == "site-b"}
         decisions = {d.id for d in repo.list_decisions(s) if set(d.report_ids) & site_b}
-        runs = [r for r in repo.run_history(s, treatment="threshold_calibration") if r.decision_id in decisions]
+        runs = [r for r in repo.list_runs(s, treatment="threshold_calibration") if r.decision_id in decisions]
         assert runs, "the demo ran no threshold calibration"
         for r in runs:
             checks = ((r.metrics or {}).get("gate") or {}).get("checks", [])
@@ -135,7 +135,7 @@ def test_the_new_sites_input_level_shift_is_fixed_by_re_training_the_first_block
         reports = [r for r in repo.list_reports(s) if r.site == "site-e"]
         assert [(r.pathology, r.kind.value) for r in reports] == [("Cardiomegaly", "false_positives")]  # the watch
         d = next(d for d in repo.list_decisions(s) if reports[0].id in d.report_ids)
-        runs = repo.run_history(s, decision_id=d.id)
+        runs = repo.list_runs(s, decision_id=d.id)
         serving = {site: repo.resolve_version(s, "cxr@production", site=site) for site in ("site-a", "site-e")}
         baseline = repo.get_version(s, next(v.id for v in repo.list_versions(s, "cxr") if v.parent_id is None))
         ev_e = next(x for x in repo.list_datasets(s, role=DatasetRole.evaluation) if x.source.get("site") == "site-e")

@@ -18,10 +18,10 @@ policy (the whole run is a few minutes on two cores, not an hour); notes/early-b
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import pytest
+
+from tests import dates
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("early-block")]
 
@@ -75,7 +75,7 @@ def _report(url, home, policy):
     worst = [i for i in np.argsort(-p) if y[i] == 0][:20]
     rep = {"model": "cxr", "version": v.version, "pathology": TARGET, "kind": "false_positives", "metric": "fpr",
            "value": fp / (fp + tn), "target": policy.slos.for_pathology(TARGET).max_fpr, "site": SITE,
-           "window_start": datetime(2026, 3, 2, tzinfo=UTC), "window_end": datetime(2026, 3, 9, tzinfo=UTC),
+           "window_start": dates.day(7), "window_end": dates.day(14),
            "counts": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
            "cases": [{"image_id": ds.image_ids[i], "score": float(p[i]), "label": 0} for i in worst]}
     with session_scope(url) as s:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -27,6 +26,7 @@ from cxr.errors import NotFound
 from registry import audit, blobs, repo
 from registry.entities import DecisionStatus, ReportStatus, RunOutcome
 from registry.session import session_scope
+from tests import dates
 
 ROOT = Path(__file__).resolve().parents[2]
 DECIDE = Path(sys.executable).parent / "decide"
@@ -60,7 +60,7 @@ POLICY = textwrap.dedent(f"""\
 #: the parent's Effusion FPR at site-b is about 0.64 on the held-out set: a target of 0.7 is met
 REPORT = {"model": "cxr", "version": 1, "pathology": "Effusion", "kind": "false_positives", "metric": "fpr",
           "value": 0.8, "target": 0.7, "site": "site-b",
-          "window_start": datetime(2026, 2, 1, tzinfo=UTC), "window_end": datetime(2026, 2, 8, tzinfo=UTC),
+          "window_start": dates.day(0), "window_end": dates.day(7),
           "counts": {"tp": 5, "fp": 60, "tn": 15, "fn": 1}, "cases": []}
 LIVE = {DecisionStatus.planned, DecisionStatus.running, DecisionStatus.awaiting_approval}
 
@@ -202,7 +202,7 @@ def state(fh: FaultHome) -> State:
             prod = repo.resolve_version(s, "cxr@production").ref
         except NotFound:  # no production alias
             prod = None
-        return State(repo.list_reports(s), repo.list_decisions(s), repo.run_history(s),
+        return State(repo.list_reports(s), repo.list_decisions(s), repo.list_runs(s),
                       [repo.get_version(s, v.id) for v in repo.list_versions(s, "cxr")], prod)
 
 

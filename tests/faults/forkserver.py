@@ -9,8 +9,9 @@ process — its own pid, its own database connections, killed by a real SIGKILL 
 simply skips the ~5-15 s of imports a fresh `decide` pays on this machine. The server answers one JSON
 line per request with the child's exit status (`-9` for SIGKILL, as `subprocess` reports it).
 
-`FAULTS_CLOCK_OFFSET_S` in a request's environment runs that child with its registry clock moved by so
-many seconds: every timestamp it writes (heartbeats, claims, decisions, audit events) comes from a
+`FAULTS_CLOCK_OFFSET_S` in a request's environment runs that child with its clock (`cxr.clock`, the one
+every timestamp and every check against now reads) moved by so many seconds: what it writes (heartbeats,
+claims, decisions, audit events) and what it compares with now (liveness, a report's window) come from a
 clock that jumped — a worker on a machine whose clock is wrong, as the clock tests need.
 """
 
@@ -31,22 +32,6 @@ def _preload() -> None:
     load_treatments()  # imports every plugin module, built-in and third-party
 
 
-def _shift_clock(seconds: float) -> None:
-    """Move the registry's clock (`registry.models.utcnow`, wherever it was imported) by `seconds`."""
-    from datetime import timedelta
-
-    import registry.models
-
-    real = registry.models.utcnow
-
-    def shifted():
-        return real() + timedelta(seconds=seconds)
-
-    for module in list(sys.modules.values()):
-        if getattr(module, "utcnow", None) is real:
-            module.utcnow = shifted
-
-
 def _child(req: dict) -> None:
     code = 1
     try:
@@ -64,7 +49,11 @@ def _child(req: dict) -> None:
 
         faults.configure()
         if os.environ.get("FAULTS_CLOCK_OFFSET_S"):
-            _shift_clock(float(os.environ["FAULTS_CLOCK_OFFSET_S"]))
+            from datetime import timedelta
+
+            from cxr import clock
+
+            clock.set_offset(timedelta(seconds=float(os.environ["FAULTS_CLOCK_OFFSET_S"])))
         sys.argv = ["decide", *req["args"]]
         from cli.app import main
 

@@ -71,4 +71,4 @@ def test_no_run_starts_on_a_decision_finished_meanwhile(fault_home):
             session_scope(fault_home.url) as s:
         repo.start_run(s, d.id, "fault_toy", {}, 1)
     with session_scope(fault_home.url, read_only=True) as s:
-        assert repo.run_history(s) == []
+        assert repo.list_runs(s) == []

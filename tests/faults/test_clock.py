@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
+from cxr import clock
 from decision.engine import Engine
 from policies import load_policy, parse_policy
 from registry import repo
@@ -48,7 +49,7 @@ def _stopped_in_treatment(fh, tmp_path, **env):
 
 def test_a_worker_whose_clock_runs_ahead_keeps_its_live_run(fault_home, tmp_path):
     child, release, run = _stopped_in_treatment(fault_home, tmp_path, FAULTS_CLOCK_OFFSET_S=str(HOUR))
-    assert run.heartbeat_at > datetime.now(UTC) + timedelta(minutes=50)  # written by the fast clock
+    assert run.heartbeat_at > clock.now() + timedelta(minutes=50)  # written by the fast clock
     engine = Engine.from_settings()
     take_over = engine.run_pass(take_over=True)
     assert take_over.refused_takeover == [run.id] and take_over.abandoned_runs == []
@@ -66,32 +67,25 @@ def test_a_heartbeat_from_the_future_does_not_keep_a_dead_run_alive(fault_home):
     assert proc.returncode < 0, proc.stdout[-4000:]
     with session_scope(fault_home.url, read_only=True) as s:
         [run] = repo.running_runs(s)
-    assert run.heartbeat_at > datetime.now(UTC) + timedelta(days=300)
+    assert run.heartbeat_at > clock.now() + timedelta(days=300)
     first = recover(fault_home)  # a year ahead is not believed: set back to now, not taken over yet
     assert first["abandoned_runs"] == [] and first["refused_takeover"] == [run.id]
     with session_scope(fault_home.url, read_only=True) as s:
-        assert repo.get_run(s, run.id).heartbeat_at <= datetime.now(UTC)
+        assert repo.get_run(s, run.id).heartbeat_at <= clock.now()
     second = recover(fault_home)  # one stale time later (here 1 ms): taken over, and the work redone
     assert second["abandoned_runs"] == [run.id]
     check_settled(fault_home, 1)
 
 
 @pytest.mark.parametrize("then", ["finishes", "is interrupted"])
-def test_a_pass_whose_clock_jumped_takes_over_a_live_run_but_the_worker_is_fenced(fault_home, tmp_path,
-                                                                                   monkeypatch, then):
+def test_a_pass_whose_clock_jumped_takes_over_a_live_run_but_the_worker_is_fenced(fault_home, tmp_path, then):
     child, release, run = _stopped_in_treatment(fault_home, tmp_path)
-
-    class Jumped(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.now(tz) + timedelta(hours=2)
 
     # The other pass's clock jumped two hours ahead: the live run looks dead to it, and it takes the
     # report over; here its policy needs a person's approval, so the report stays `decided` by it.
     raw = load_policy(fault_home.policy).model_dump(mode="json")
     raw["treatments"]["fault_toy"]["needs_approval"] = True
-    with monkeypatch.context() as m:
-        m.setattr("decision.engine.datetime", Jumped)
+    with clock.moved(timedelta(hours=2)):
         jumped = Engine(None, fault_home.home, parse_policy(raw), worker="jumped-clock").run_pass()
     assert jumped.abandoned_runs == [run.id]
     [taken] = jumped.decisions

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from registry import blobs, repo
+from tests import dates
 
 PATHOLOGIES = ["Atelectasis", "Effusion", "Cardiomegaly"]
 SPEC = json.dumps({"family": "xrv-densenet", "growth_rate": 4, "pathologies": PATHOLOGIES})
@@ -30,7 +31,7 @@ def eval_rows(pathologies=PATHOLOGIES, auroc=0.8):
 
 
 def report(model="cxr", version=1, *, pathology="Effusion", site="site-a", day=0, **kw):
-    start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day)
+    start = dates.day(day)
     base = {
         "model": model, "version": version, "pathology": pathology, "kind": "false_positives", "metric": "fpr",
         "value": 0.3, "target": 0.1, "site": site, "window_start": start.isoformat(),

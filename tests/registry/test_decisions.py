@@ -80,7 +80,7 @@ def test_runs_record_outcomes_and_feed_history(setup):
         repo.set_decision_status(s, d.id, "succeeded", reason="gate passed")
     assert done.outcome is RunOutcome.accepted and done.output_version_id == out.id and done.wall_seconds == 1.5
     with session_scope(read_only=True) as s:
-        hist = repo.run_history(s, treatment="threshold_calibration")
+        hist = repo.list_runs(s, treatment="threshold_calibration")
         lin = repo.lineage(s, out.id)
     assert [r.id for r in hist] == [run.id] and hist[0].metrics == {"fpr": 0.08}
     assert lin.version.treatment_run_id == run.id and lin.version.decision_id == d.id

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from decision import error_reports
 from registry import repo
 from registry.export import export_all
 from registry.session import head_revision, session_scope
+from tests import dates
 from tests.registry import factories as f
 
 
@@ -25,7 +25,7 @@ def test_export_has_the_full_history(db_url):
         repo.finish_run(s, run.id, "accepted", v2.id, wall_seconds=0.1)
         sc = repo.upsert_schedule(s, "weekly", cron="0 6 * * 1", model="cxr", source="phantom:site-b",
                                   site="site-b")
-        p = repo.start_pass(s, sc.id, datetime(2026, 3, 2, 6, tzinfo=UTC), "host:1", 0)
+        p = repo.start_pass(s, sc.id, dates.day(0, hours=6), "host:1", 0)
         repo.finish_pass(s, p.id, "succeeded", summary={"reports_created": 1})
     with session_scope(read_only=True) as s:
         data = export_all(s, url=db_url)

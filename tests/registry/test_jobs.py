@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
@@ -14,8 +14,9 @@ from registry.entities_jobs import PassStatus
 from registry.models import utcnow
 from registry.models_jobs import PassRow, ScheduleRow
 from registry.session import session_scope
+from tests import dates
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+T0 = dates.day(0, hours=12)
 
 
 def _schedule(s, name="default", **kw):

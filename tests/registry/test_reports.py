@@ -16,6 +16,7 @@ from registry import audit, repo
 from registry.entities import ReportStatus
 from registry.models import utcnow
 from registry.session import session_scope
+from tests import dates
 from tests.registry import factories as f
 
 
@@ -38,8 +39,8 @@ def _line(**kw) -> str:
     ({"notes": "n" * 2001}, "notes"),
     ({"kind": "bad_vibes"}, "kind"),
     ({"surprise": 1}, "surprise"),
-    ({"window_start": "2026-01-01T00:00:00"}, "window_start"),
-    ({"window_start": "2026-02-01T00:00:00+00:00"}, "line 1: "),
+    ({"window_start": f"{dates.ymd(dates.day(0))}T00:00:00"}, "window_start"),  # no zone
+    ({"window_start": dates.day(31).isoformat()}, "line 1: "),  # after its end
     ({"cases": [{"image_id": "a", "score": 1.2}]}, "cases.0.score"),
     ({"cases": [{"image_id": "a", "score": 0.2}] * 501}, "cases"),
 ])

@@ -189,7 +189,7 @@ def test_footprint_report_end_to_end(tiny_home, tmp_path):
     out = runner.invoke(app, ["run", "--yes", "--json", "--policy", str(_fast_policy(tmp_path))], env=env)
     assert out.exit_code in (0, 1), out.output
     with session_scope(tiny_home.url, read_only=True) as s:
-        runs = repo.run_history(s)
+        runs = repo.list_runs(s)
         names = [r.treatment for r in runs]
         assert names[:2] == ["lossless_compression", "structured_pruning"], names
         lossless, pruning = runs[0], runs[1]
