@@ -1,30 +1,60 @@
-"""The `decide` command line: Typer app, global options, error → exit code.
+"""The `decide` command line: Typer app, global options, error → exit code, help as paragraphs.
 
 Exit codes (ARCHITECTURE.md): 0 success, 1 the work ran and failed (e.g. the
 gate rejected), 2 bad input or usage. A `DecideError` becomes one red line on
 stderr; `--debug` shows the traceback instead.
+
+Each `cli.cmd_*` module holds one concern's commands on a Typer of its own
+(`commands`); this module merges them into `app`. They import only what
+`decide --help` needs at the top and the rest inside the commands that use it,
+so that a command that never touches a model starts without torch, and
+`decide --help` without SQLAlchemy or pydantic (tests/cli/test_fast_cli.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-from importlib import import_module
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
+from cli import cmd_analyze, cmd_audit, cmd_decide, cmd_demo, cmd_footprint, cmd_imaging, cmd_monitor, cmd_registry
 from cli.output import error_line
 from cxr.errors import DecideError
 
 log = logging.getLogger("decide")
 
 
+def paragraphs(text: str | None) -> str | None:
+    """`text` (a docstring or `help=`) with the lines of each paragraph joined by spaces.
+
+    Source is wrapped for the editor (up to 120 columns); rich wraps help again for the terminal
+    and keeps every line break it is given, so a docstring line longer than the terminal ended in a
+    two-word line, mid-sentence. Joined, a paragraph is wrapped once, at the terminal's width.
+    Paragraphs are separated by a blank line; one that starts with click's `\\b` is kept as written.
+    """
+    if not text:
+        return text
+    import inspect
+
+    paras = re.split(r"\n[ \t]*\n", inspect.cleandoc(text))
+    return "\n\n".join(p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines())
+                       for p in paras)
+
+
 class DecideGroup(TyperGroup):
-    """Turns our errors into one line and the right exit code, for every subcommand."""
+    """Turns our errors into one line and the right exit code, for every subcommand; reflows every
+    command's and group's help into paragraphs (`paragraphs`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _reflow(self)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -44,6 +74,12 @@ class DecideGroup(TyperGroup):
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None
+
+
+def _reflow(cmd: Any) -> None:  # a click Command or Group (typer vendors click)
+    cmd.help = paragraphs(cmd.help)
+    for sub in getattr(cmd, "commands", {}).values():
+        _reflow(sub)
 
 
 def _debug(ctx: typer.Context) -> bool:
@@ -79,8 +115,11 @@ def _root(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress lines on stderr (a line per treatment's start and end, steps, "
+        "epochs); errors still print."),
 ) -> None:
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet}
     if home is not None:
         os.environ["DECIDE_HOME"] = str(home)
     logging.basicConfig(
@@ -89,39 +128,30 @@ def _root(
     )
 
 
-# Command modules register themselves on `app`; each owns one concern.
+#: each module owns one concern
 _COMMAND_MODULES = (
-    "cli.cmd_imaging",   # phantom, train, predict, import-weights
-    "cli.cmd_registry",  # init, db, ingest, reports, history, show, lineage, diff, audit, ...
-    "cli.cmd_decide",    # policy, plan, run, approve, reject, costs
-    "cli.cmd_monitor",   # monitor run / schedule
-    "cli.cmd_demo",      # demo
-    "cli.cmd_footprint", # export-onnx
-    "cli.cmd_analyze",   # analyze exclusivity / channels / figures, report (per-study clinical report)
+    cmd_imaging,    # phantom, train, predict, explain, import-weights
+    cmd_registry,   # init, db, register, ingest, reports, history, show, lineage, diff, rollback, unpin, gc
+    cmd_audit,      # audit verify / log, export, schema
+    cmd_decide,     # policy, plan, run, decisions, approve, reject, costs
+    cmd_monitor,    # monitor run / schedule / schedules / passes / unschedule
+    cmd_demo,       # demo
+    cmd_footprint,  # export-onnx
+    cmd_analyze,    # analyze exclusivity / channels / figures, findings (per-study clinical document)
 )
 
-#: each command module's commands and groups, registered once on a Typer of its own
-_MODULE_APPS: dict[str, typer.Typer] = {}
 #: top-level command or group name → the module that defines it
-_OWNER: dict[str, str] = {}
+_OWNER: dict[str, ModuleType] = {}
 
-for _name in _COMMAND_MODULES:
-    try:
-        _mod = import_module(_name)
-    except ModuleNotFoundError as _exc:  # a module not written yet
-        if _exc.name != _name:
-            raise
-        continue
-    _part = _MODULE_APPS[_name] = typer.Typer()
-    _mod.register(_part)
-    for _info in _part.registered_commands:
-        _OWNER[_info.name or _info.callback.__name__.replace("_", "-")] = _name
-    for _group in _part.registered_groups:
-        _OWNER[_group.name or _group.typer_instance.info.name] = _name
-    app.registered_commands.extend(_part.registered_commands)
-    app.registered_groups.extend(_part.registered_groups)
+for _mod in _COMMAND_MODULES:
+    for _info in _mod.commands.registered_commands:
+        _OWNER[_info.name or _info.callback.__name__.replace("_", "-")] = _mod
+    for _group in _mod.commands.registered_groups:
+        _OWNER[_group.name or _group.typer_instance.info.name] = _mod
+    app.registered_commands.extend(_mod.commands.registered_commands)
+    app.registered_groups.extend(_mod.commands.registered_groups)
 
-_GLOBAL_FLAGS = {"--debug", "--verbose", "-v"}
+_GLOBAL_FLAGS = {"--debug", "--verbose", "-v", "--quiet", "-q"}
 
 
 def command_word(argv: list[str]) -> str | None:
@@ -150,8 +180,8 @@ def app_for(argv: list[str]) -> typer.Typer:
         return app
     one = _new_app()
     one.callback()(_root)
-    one.registered_commands.extend(_MODULE_APPS[owner].registered_commands)
-    one.registered_groups.extend(_MODULE_APPS[owner].registered_groups)
+    one.registered_commands.extend(owner.commands.registered_commands)
+    one.registered_groups.extend(owner.commands.registered_groups)
     return one
 
 

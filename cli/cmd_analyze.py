@@ -1,4 +1,6 @@
-"""Analysis commands: `analyze exclusivity`, `analyze channels`, `analyze figures`, and the per-study `report`.
+"""Analysis commands: `analyze exclusivity`, `analyze channels`, `analyze figures`, and the per-study
+clinical document `findings` (`report`, its old name, is a hidden alias for one release: it was one
+letter away from `reports`, the error reports).
 
 Everything heavy (torch, matplotlib, pandas, the NIH metadata) is imported inside the command
 functions: `decide --help` must stay fast.
@@ -6,16 +8,17 @@ functions: `decide --help` must stay fast.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cli.options import JSON_OPT
 from cli.output import Table, console, emit, err_console, esc, fmt_float
 from cxr.errors import InvalidInput
 
 REFERENCE = "nih-metadata"
-JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of tables.")
 PERFECT_OPT = typer.Option(
     0.0, "--perfect-below", min=0.0, max=0.1,
     help="Count J below this as Perfect (J = 0). 0 (default): exactly zero; 0.005 reproduces the paper's rounding "
@@ -31,6 +34,8 @@ analyze_app = typer.Typer(
     ),
     no_args_is_help=True,
 )
+commands = typer.Typer()
+commands.add_typer(analyze_app, name="analyze")
 
 
 def _stats(source: str, split: str | None, n: int | None):
@@ -96,9 +101,8 @@ def exclusivity_cmd(
                       f"pairs — " + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())))
         for title, rows in (("most exclusive pairs (lowest Jaccard)", pairs[:show]),
                             ("most frequent pairs (highest Jaccard)", pairs[::-1][:show])):
-            t = Table(title=title)
-            for c in ("pathology A", "pathology B", "both", "either", "Jaccard", "category"):
-                t.add_column(c, justify="right" if c in ("both", "either", "Jaccard") else "left", overflow="fold")
+            t = Table("pathology A", "pathology B", "both", "either", "Jaccard", "category",
+                      title=title, right=("both", "either", "Jaccard"), fold=True)
             for p in rows:
                 t.add_row(p["a"], p["b"], f"{p['both']:,}", f"{p['either']:,}", f"{p['jaccard']:.4f}", p["category"])
             console.print(t)
@@ -149,9 +153,8 @@ def channels_cmd(
         total = sum(an.counts.values())
         console.print(f"[bold]{loaded.ref}[/]: {total} polarized of {an.n_channels} classifier channels "
                       f"({esc(an.selection)}); Jaccard from {esc(data['reference'])}")
-        t = Table(title="legitimacy of the polarized channels (paper: DenseNet121's 100 most polarized)")
-        for c in ("category", "Jaccard of the pair", "channels", "share", "paper"):
-            t.add_column(c, justify="left" if c in ("category", "Jaccard of the pair") else "right")
+        t = Table("category", "Jaccard of the pair", "channels", "share", "paper", right=("channels", "share", "paper"),
+                  title="legitimacy of the polarized channels (paper: DenseNet121's 100 most polarized)")
         rule = {"Perfect": "J = 0" if not perfect_below else f"J < {perfect_below:g}", "Legitimate": "J < 0.1",
                 "Mixed": "0.1 ≤ J < 0.3", "Conflict": "J ≥ 0.3", "Unknown": "no statistics"}
         for k, v in an.counts.items():
@@ -160,9 +163,9 @@ def channels_cmd(
         if an.excluded_outputs:
             console.print(f"[dim]outputs without label statistics, left out: {', '.join(an.excluded_outputs)}[/]")
         if show:
-            c = Table(title=f"the {min(show, len(an.channels))} most polarized channels")
-            for col in ("channel", "votes for (weight)", "against (weight)", "Jaccard", "category"):
-                c.add_column(col, justify="right" if col in ("channel", "Jaccard") else "left", overflow="fold")
+            c = Table("channel", "votes for (weight)", "against (weight)", "Jaccard", "category",
+                      title=f"the {min(show, len(an.channels))} most polarized channels", right=("channel", "Jaccard"),
+                      fold=True)
             for ch in an.channels[:show]:
                 c.add_row(str(ch.channel), f"{ch.positive} {ch.positive_weight:+.3f}",
                           f"{ch.negative} {ch.negative_weight:+.3f}", fmt_float(ch.jaccard, 4), ch.category)
@@ -197,7 +200,8 @@ def figures_cmd(
     emit({"out": str(out), "figures": {k: str(v) for k, v in written.items()}}, as_json, render)
 
 
-def report_cmd(
+@commands.command("findings")
+def findings_cmd(
     films: list[Path] = typer.Argument(None, help="Films (PNG, JPEG, DICOM) or folders of them."),
     version: str | None = typer.Option(None, "--version", help="Registered version: cxr:3, cxr@production (default; "
                                        "with --from-report: the version the report is about)."),
@@ -217,7 +221,7 @@ def report_cmd(
     """The per-study clinical report: findings at the version's operating points, Grad-CAM regions,
     contributing channels, findings excluded by mutual exclusivity, lineage, evaluation, disclaimer.
 
-    Example: decide report film.dcm --version cxr@production --out film.html
+    Example: decide findings film.dcm --version cxr@production --out film.html
 
     Self-contained HTML (images inline), readable on a phone and printable. Decision support, never a diagnosis.
     """
@@ -253,6 +257,13 @@ def report_cmd(
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(analyze_app, name="analyze")
-    app.command("report")(report_cmd)
+
+#: what the hidden alias says on stderr before it runs `findings`
+RENAMED = "`decide report` is now `decide findings`; the old name goes in the next release"
+
+
+@commands.command("report", hidden=True)
+@functools.wraps(findings_cmd)
+def report_cmd(*args: Any, **kwargs: Any) -> None:
+    err_console.print(RENAMED, markup=False, highlight=False, soft_wrap=True)
+    findings_cmd(*args, **kwargs)

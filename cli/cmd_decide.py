@@ -1,4 +1,4 @@
-"""Decision commands: `policy show|validate`, `plan`, `run`, `approve`, `reject`, `costs`."""
+"""Decision commands: `policy show|validate`, `plan`, `run`, `decisions`, `approve`, `reject`, `costs`."""
 
 from __future__ import annotations
 
@@ -8,40 +8,34 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cli import lazy
+from cli.options import JSON_OPT, MAX_COST_OPT, POLICY_OPT
 from cli.output import Table, console, emit, esc, fmt_float
-from cxr import clock
+from cli.progress import engine_progress, quiet
 from cxr.errors import InvalidInput
 from registry.entities import DecisionStatus, RunOutcome
 
 if TYPE_CHECKING:  # the engine imports torch: only the commands that treat load it
     from decision.engine import DecisionOutcome, ReportPlan
 
-# Imported when a command first uses them (SQLAlchemy, pydantic): `decide --help` needs none of them.
-history = lazy.function("decision.past_runs", "history")
-empirical_cost_matrix = lazy.function("decision.planner", "empirical_cost_matrix")
-load_policy = lazy.function("policies", "load_policy")
-policy_digest = lazy.function("policies", "policy_digest")
-validate_policy_file = lazy.function("policies", "validate_policy_file")
-repo = lazy.module("registry.repo")
-session_scope = lazy.function("registry.session", "session_scope")
-get_settings = lazy.function("registry.settings", "get_settings")
-
-JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of tables.")
-POLICY_OPT = typer.Option(None, "--policy", help="Policy TOML (default: $DECIDE_POLICY, else the bundled default).")
-
+# The registry (SQLAlchemy) and the policies (pydantic) are imported inside the commands that use them:
+# `decide --help` needs neither.
+commands = typer.Typer()
 policy_app = typer.Typer(help="The decision policy: costs, SLOs, gate, learning.", no_args_is_help=True)
+commands.add_typer(policy_app, name="policy")
 
 
+@policy_app.command("show")
 def policy_show_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
     """Show the policy in force and its digest (recorded with every decision)."""
+    from policies import load_policy, policy_digest
+    from registry.settings import get_settings
+
     p = load_policy(policy or get_settings().policy)
     data = {"digest": policy_digest(p), **p.model_dump(mode="json")}
 
     def render() -> None:
-        t = Table(title=f"policy {p.name} v{p.version}  digest {data['digest'][:16]}…")
-        for c in ("treatment", "prior cost", "fixes", "p(success) prior", "approval", "enabled"):
-            t.add_column(c)
+        t = Table("treatment", "prior cost", "fixes", "p(success) prior", "approval", "enabled",
+                  title=f"policy {p.name} v{p.version}  digest {data['digest'][:16]}…")
         for name, tp in p.treatments.items():
             ps = ", ".join(f"{k} {tp.prior_p(k):.2f}" for k in tp.fixes)
             t.add_row(name, f"{tp.prior_cost:g}", ", ".join(tp.fixes), ps, "yes" if tp.needs_approval else "",
@@ -57,8 +51,11 @@ def policy_show_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) 
     emit(data, as_json, render)
 
 
+@policy_app.command("validate")
 def policy_validate_cmd(file: Path = typer.Argument(..., help="A policy TOML file."), as_json: bool = JSON_OPT) -> None:
     """Check a policy file; exit 2 naming the first bad field."""
+    from policies import policy_digest, validate_policy_file
+
     p = validate_policy_file(file)
     out = {"file": str(file), "valid": True, "digest": policy_digest(p)}
     emit(out, as_json, lambda: console.print(f"{file}: valid (digest {out['digest'][:16]}…)"))
@@ -79,10 +76,9 @@ def _plan_json(rp: ReportPlan) -> dict:
 
 def _render_plan(rp: ReportPlan) -> None:
     r = rp.report
-    t = Table(title=f"report {r.id}: {r.pathology} {r.kind.value} at {r.site} "
+    t = Table("#", "treatment", "applicable", "cost", "p(success)", "cost/p", "approval", "reason", fold=True,
+              title=f"report {r.id}: {r.pathology} {r.kind.value} at {r.site} "
                     f"({r.metric} {r.value:.3g} vs target {r.target:.3g}) → treat {rp.parent.ref}")
-    for c in ("#", "treatment", "applicable", "cost", "p(success)", "cost/p", "approval", "reason"):
-        t.add_column(c, overflow="fold")
     for c in rp.plan.candidates:
         t.add_row(str(c.rank), c.treatment, "yes" if c.applicable else "no", fmt_float(c.expected_cost, 2),
                   fmt_float(c.p_success, 2), fmt_float(c.score, 2), "needed" if c.needs_approval else "",
@@ -91,6 +87,7 @@ def _render_plan(rp: ReportPlan) -> None:
     console.print(f"[dim]{esc(rp.plan.rationale)}[/]")
 
 
+@commands.command("plan")
 def plan_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
     """What the engine would do for each open report, and why. Nothing is claimed, run or written."""
     from decision.engine import Engine
@@ -131,11 +128,11 @@ def _render_outcome(d: DecisionOutcome) -> None:
             console.print(f"    [dim]{esc(r.error)}[/]")
 
 
+@commands.command("run")
 def run_cmd(
+    ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (needed without a terminal)."),
-    max_cost: float | None = typer.Option(
-        None, "--max-cost", help="Do not run a treatment whose expected cost exceeds this: it awaits approval."
-    ),
+    max_cost: float | None = MAX_COST_OPT,
     limit: int = typer.Option(10, help="Claim at most this many open reports."),
     take_over: bool = typer.Option(
         False, "--take-over", help="Reclaim at once the work of runs whose heartbeat stopped (two missed beats); "
@@ -147,9 +144,13 @@ def run_cmd(
 
     Treatments the policy marks for approval, or above --max-cost, stop the ladder in
     `awaiting_approval`: `decide approve DECISION --reason …` lets the next run continue.
+
     A run whose process died (no heartbeat for DECIDE_STALE_SECONDS, default 90 s) is taken over by
     the next `decide run`, or at once with --take-over; runs still running are listed with when.
-    Exit 1 if a decision ended with every treatment rejected or failed.
+
+    A line on stderr as each treatment starts and ends (outcome, seconds, gate summary); -q before
+    the command (`decide -q run`) silences them. Exit 1 if a decision ended with every treatment
+    rejected or failed.
     """
     from decision.engine import Engine
 
@@ -162,7 +163,9 @@ def run_cmd(
             _render_plan(rp)
         if not typer.confirm(f"treat {min(len(plans), limit)} open report(s)?", default=False):
             raise typer.Exit(0)
-    summary = engine.run_pass(max_cost=max_cost, limit=limit, take_over=take_over)
+    with engine_progress(enabled=not quiet(ctx)) as progress:
+        engine.progress = progress
+        summary = engine.run_pass(max_cost=max_cost, limit=limit, take_over=take_over)
     data = {"worker": summary.worker, "abandoned_runs": summary.abandoned_runs,
             "released_claims": summary.released_claims, "decisions": [_outcome_json(d) for d in summary.decisions],
             "running": [r.__dict__ for r in summary.live_runs], "refused_takeover": summary.refused_takeover,
@@ -200,6 +203,11 @@ def _live_line(run_id: int, decision_id: int | None, treatment: str, age: float,
 def _verdict_cmd(decision: int, reason: str, approve: bool, as_json: bool) -> None:
     if not reason.strip():
         raise InvalidInput("a reason is required", field="--reason")
+    from policies import load_policy
+    from registry import repo
+    from registry.session import session_scope
+    from registry.settings import get_settings
+
     # Four-eyes follows the policy in force (DECIDE_POLICY, else the bundled one), never a flag of this command.
     four_eyes = load_policy(get_settings().policy).approvals.four_eyes
     with session_scope() as s:
@@ -213,6 +221,7 @@ def _verdict_cmd(decision: int, reason: str, approve: bool, as_json: bool) -> No
                                              + (f" ({d.chosen} runs on the next `decide run`)" if approve else "")))
 
 
+@commands.command("approve")
 def approve_cmd(decision: int = typer.Argument(..., help="Decision id (see `decide run` or `decide export`)."),
                 reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit trail)."),
                 as_json: bool = JSON_OPT) -> None:
@@ -220,12 +229,14 @@ def approve_cmd(decision: int = typer.Argument(..., help="Decision id (see `deci
 
     Four-eyes: whoever created the decision ($DECIDE_ACTOR, else the OS user)
     may not approve it (exit 2; the refusal is recorded in the audit trail)
-    unless the policy sets approvals.four_eyes = false. Example:
-    DECIDE_ACTOR=dr.lee decide approve 7 --reason "reviewed with the site lead"
+    unless the policy sets approvals.four_eyes = false.
+
+    Example: DECIDE_ACTOR=dr.lee decide approve 7 --reason "reviewed with the site lead"
     """
     _verdict_cmd(decision, reason, True, as_json)
 
 
+@commands.command("reject")
 def reject_cmd(decision: int = typer.Argument(..., help="Decision id."),
                reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit trail)."),
                as_json: bool = JSON_OPT) -> None:
@@ -233,36 +244,40 @@ def reject_cmd(decision: int = typer.Argument(..., help="Decision id."),
     _verdict_cmd(decision, reason, False, as_json)
 
 
+@commands.command("decisions")
 def decisions_cmd(
     status: DecisionStatus | None = typer.Option(None, "--status", help="Only this status (e.g. awaiting_approval)."),
     ids: bool = typer.Option(False, "--ids", help="Print only the ids, one per line (for scripts)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Decisions with their chosen treatment and status, newest first."""
+    from datetime import timedelta
+
+    from decision.liveness import running_now
+    from registry import repo
+    from registry.session import session_scope
+    from registry.settings import get_settings
 
     with session_scope(read_only=True) as s:
         rows = list(reversed(repo.list_decisions(s, status=status)))
-        running = {r.decision_id: r for r in repo.running_runs(s)}
+        running = {} if ids else {
+            r.decision_id: r for r in running_now(s, timedelta(seconds=get_settings().stale_seconds))}
     if ids:
         sys.stdout.write("".join(f"{d.id}\n" for d in rows))
         return
-    now, stale = clock.now(), get_settings().stale_seconds
 
     def heartbeat(d) -> dict | None:
         r = running.get(d.id)
         if r is None:
             return None
-        age = (now - r.heartbeat_at).total_seconds()
-        return {"run_id": r.id, "treatment": r.treatment, "heartbeat_age_s": round(age, 1),
-                "takeover_in_s": round(max(0.0, stale - age), 1)}
+        return {"run_id": r.run_id, "treatment": r.treatment, "heartbeat_age_s": round(r.heartbeat_age_s, 1),
+                "takeover_in_s": round(r.takeover_in_s, 1)}
 
     data = [{"id": d.id, "reports": d.report_ids, "status": d.status.value, "chosen": d.chosen,
              "rationale": d.rationale, "updated_at": d.updated_at, "running": heartbeat(d)} for d in rows]
 
     def render() -> None:
-        t = Table(title=f"{len(rows)} decision(s)")
-        for c in ("id", "reports", "status", "chosen / waiting on", "updated"):
-            t.add_column(c)
+        t = Table("id", "reports", "status", "chosen / waiting on", "updated", title=f"{len(rows)} decision(s)")
         for d in rows:
             t.add_row(str(d.id), ", ".join(map(str, d.report_ids)), d.status.value, d.chosen or "—",
                       d.updated_at.strftime("%Y-%m-%d %H:%M"))
@@ -275,16 +290,23 @@ def decisions_cmd(
     emit(data, as_json, render)
 
 
+@commands.command("costs")
 def costs_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
     """The empirical cost matrix — each treatment's prior cost vs what its runs measured, and p(success) — and
     the ladder: per rung and issue kind, how often it was tried and accepted, and why it was rejected (the
     failing gate checks, counted)."""
     from decision.ladder import ladder_stats
+    from decision.past_runs import run_stats
+    from decision.planner import empirical_cost_matrix
+    from policies import load_policy
+    from registry import repo
+    from registry.session import session_scope
+    from registry.settings import get_settings
 
     p = load_policy(policy or get_settings().policy)
     with session_scope(read_only=True) as s:
-        rows = empirical_cost_matrix(history(s), p)
-        ladder = ladder_stats(repo.run_history(s), repo.run_kinds(s))
+        rows = empirical_cost_matrix(run_stats(s), p)
+        ladder = ladder_stats(repo.list_runs(s), repo.run_kinds(s))
     by_treatment: dict[str, dict] = {}
     for r in ladder:
         by_treatment.setdefault(r.treatment, {})[r.kind] = {
@@ -293,9 +315,8 @@ def costs_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> Non
     data = [r.__dict__ | {"ladder": by_treatment.get(r.treatment, {})} for r in rows]
 
     def render() -> None:
-        t = Table(title="empirical cost matrix (prior blended with measured runs)")
-        for c in ("treatment", "prior", "measured", "blended", "runs", "mean wall s", "p(success) by kind"):
-            t.add_column(c, overflow="fold")
+        t = Table("treatment", "prior", "measured", "blended", "runs", "mean wall s", "p(success) by kind",
+                  title="empirical cost matrix (prior blended with measured runs)", fold=True)
         for r in rows:
             t.add_row(r.treatment, fmt_float(r.prior_cost, 1), fmt_float(r.measured_cost, 2),
                       fmt_float(r.blended_cost, 2), str(r.n_runs), fmt_float(r.mean_wall_seconds, 2),
@@ -303,9 +324,8 @@ def costs_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> Non
         console.print(t)
         if not ladder:
             return
-        lt = Table(title="the ladder: what each rung came to")
-        for c in ("treatment", "kind", "tried", "accepted", "held", "rejected", "failed", "top rejection reasons"):
-            lt.add_column(c, overflow="fold")
+        lt = Table("treatment", "kind", "tried", "accepted", "held", "rejected", "failed", "top rejection reasons",
+                   title="the ladder: what each rung came to", fold=True)
         for r in ladder:
             acc = f"{r.accepted}" + (f" ({r.site_scoped} one site)" if r.site_scoped else "")
             lt.add_row(r.treatment, r.kind, str(r.tried), acc, str(r.held), str(r.rejected), str(r.failed),
@@ -313,15 +333,3 @@ def costs_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> Non
         console.print(lt)
 
     emit(data, as_json, render)
-
-
-def register(app: typer.Typer) -> None:
-    policy_app.command("show")(policy_show_cmd)
-    policy_app.command("validate")(policy_validate_cmd)
-    app.add_typer(policy_app, name="policy")
-    app.command("plan")(plan_cmd)
-    app.command("run")(run_cmd)
-    app.command("decisions")(decisions_cmd)
-    app.command("approve")(approve_cmd)
-    app.command("reject")(reject_cmd)
-    app.command("costs")(costs_cmd)

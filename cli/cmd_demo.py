@@ -8,12 +8,10 @@ from typing import Any
 
 import typer
 
-from cli import lazy
 from cli.output import Table, console, emit, esc, fmt_float
-from cli.progress import step_reporter
+from cli.progress import quiet, step_reporter
 
-load_policy = lazy.function("policies", "load_policy")  # pydantic: imported when the demo runs
-get_settings = lazy.function("registry.settings", "get_settings")
+commands = typer.Typer()
 
 
 def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
@@ -25,9 +23,8 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
                   f"{t.get('total_s', 0):.1f}s (data {t.get('data_s', 0):.1f}s, train {t.get('train_s', 0):.1f}s, "
                   f"monitor+treat {t.get('monitor_and_treat_s', 0):.1f}s)")
 
-    rt = Table(title="error reports")
-    for c in ("id", "version", "site", "pathology", "kind", "metric", "target", "window", "status"):
-        rt.add_column(c)
+    rt = Table("id", "version", "site", "pathology", "kind", "metric", "target", "window", "status",
+               title="error reports")
     for r in export["reports"]:
         rt.add_row(str(r["id"]), f"{r['model']}:{r['version']}", r["site"], r["pathology"], r["kind"],
                    f"{r['metric']} {r['value']:.3f}", f"{r['target']:.3g}", str(r["window_start"])[:10],
@@ -38,9 +35,8 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
     for run in export["runs"]:
         runs_by_decision.setdefault(run["decision_id"], []).append(run)
     for d in export["decisions"]:
-        dt = Table(title=f"decision {d['id']} (reports {d['report_ids']}): {d['status']}", title_justify="left")
-        for c in ("#", "treatment", "cost", "p(success)", "cost/p", "approval", "outcome"):
-            dt.add_column(c)
+        dt = Table("#", "treatment", "cost", "p(success)", "cost/p", "approval", "outcome",
+                   title=f"decision {d['id']} (reports {d['report_ids']}): {d['status']}", title_justify="left")
         outcomes = {r["treatment"]: r for r in runs_by_decision.get(d["id"], [])}
         for c in d["candidates"]:
             if not c["applicable"]:
@@ -56,10 +52,9 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
         console.print(f"[dim]{esc(d['rationale'])}[/]")
 
     acc = data["acceptance"]
-    vt = Table(title=f"what serves each site now vs baseline {acc['baseline']}, on held-out evaluation sets")
-    for c in ("evaluation set", "serving", "Cardiomegaly FPR", "target", "Cardiomegaly recall",
-              "worst other ΔAUROC (95% lo)"):
-        vt.add_column(c)
+    vt = Table("evaluation set", "serving", "Cardiomegaly FPR", "target", "Cardiomegaly recall",
+               "worst other ΔAUROC (95% lo)",
+               title=f"what serves each site now vs baseline {acc['baseline']}, on held-out evaluation sets")
     for name, row in acc["datasets"].items():
         vt.add_row(name, row["version"],
                    f"{fmt_float(row['cardiomegaly_fpr_baseline'])} → {fmt_float(row['cardiomegaly_fpr'])}",
@@ -109,7 +104,9 @@ def _underpowered(acc: dict[str, Any]) -> str:
     return f"(or underpowered with no significant harm: {'; '.join(weak)})" if weak else ""
 
 
+@commands.command("demo")
 def demo_cmd(
+    ctx: typer.Context,
     home: Path = typer.Option(Path(".decide-demo"), "--home",
                               help="Demo home: blobs, caches, report.html, and the SQLite registry unless "
                                    "$DECIDE_DATABASE_URL names another database."),
@@ -135,11 +132,16 @@ def demo_cmd(
     database: versions, decisions and the audit trail go there; blobs stay in the home (keep both).
     $DECIDE_POLICY, when set, is the policy the demo decides by (default: the bundled one).
     Open HOME/report.html for the plots; then try `decide --home HOME history`, `lineage`, `audit verify`.
+
+    Each step, and each treatment's start and end, is a line on stderr (also with --json);
+    `decide -q demo` silences them.
     """
     from sqlalchemy.engine import make_url
 
     from decision.demo import DemoConfig, run_demo, summary_rows
+    from policies import load_policy
     from registry.session import database_url
+    from registry.settings import get_settings
 
     home = home.expanduser().resolve()
     os.environ["DECIDE_HOME"] = str(home)
@@ -148,7 +150,7 @@ def demo_cmd(
     cfg = DemoConfig(seed=seed, n_train=n_train, n_calibration=n_calibration, n_evaluation=n_evaluation,
                      epochs=epochs, weeks=weeks, per_week=per_week, new_site="site-e" if new_site else None)
     policy_file = get_settings().policy  # $DECIDE_POLICY, else the bundled default
-    with step_reporter(enabled=not as_json) as say:
+    with step_reporter(enabled=not quiet(ctx)) as say:
         say("registry", shown + (" ($DECIDE_DATABASE_URL)" if os.environ.get("DECIDE_DATABASE_URL") else ""))
         if policy_file is not None:
             say("policy", f"{policy_file} ($DECIDE_POLICY)")
@@ -158,7 +160,3 @@ def demo_cmd(
     acc = result.acceptance
     if not (acc["cardiomegaly_fpr_at_or_under_target"] and (result.export.get("audit_verification") or {}).get("ok")):
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo_cmd)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import typer
 
-from cli import lazy
 from cli.output import Table, console, emit, err_console, esc, fmt_float
 from cxr.errors import InvalidInput
 
-get_settings = lazy.function("registry.settings", "get_settings")  # pydantic: imported when a command runs
+commands = typer.Typer()
 
 
+@commands.command("export-onnx")
 def export_onnx_cmd(
     version: str = typer.Argument(..., help="A registered version: cxr:3 or cxr@production."),
     out: Path = typer.Option(..., "--out", help="Where to write the model (.onnx)."),
@@ -41,6 +41,10 @@ def export_onnx_cmd(
     versions on held-out data). An int8 version already registered (e.g. by the quantization
     treatment) is written as it is, with its own classifier.
 
+    The preprocessing is what `decide predict` does, film to tensor: `.preprocessing` says it in words.
+    `.preprocessing_recipe` holds the same steps as values (functions and their exact arguments) to follow.
+    Its resize is scikit-image's anti-aliased `resize` as torchxrayvision's `XRayResizer` calls it, not area averaging.
+
     Example: decide export-onnx cxr@production --out cxr.onnx
     """
     import numpy as np
@@ -53,6 +57,7 @@ def export_onnx_cmd(
     from registry import repo
     from registry.entities import DatasetRole
     from registry.session import session_scope
+    from registry.settings import get_settings
 
     with session_scope(read_only=True) as s:
         v = repo.resolve_version(s, version)
@@ -114,11 +119,11 @@ def export_onnx_cmd(
 
 
 def _registered_graph(w, v, meta_kw: dict) -> bytes:
-    """An int8 version's graph with its current classifier and this version's metadata."""
+    """An int8 version's graph with its current classifier and this version's metadata (and preprocessing)."""
     import onnx
     from onnx import numpy_helper
 
-    from cxr.onnx_export import set_metadata
+    from cxr.onnx_export import preprocessing_metadata, set_metadata
 
     proto = onnx.load_from_string(w.onnx_bytes)
     gemm = [n for n in proto.graph.node if n.op_type == "Gemm"]
@@ -132,9 +137,6 @@ def _registered_graph(w, v, meta_kw: dict) -> bytes:
         "cxr_decide.operating_points": json.dumps({"default": dict(meta_kw["thresholds"]),
                                                    "sites": dict(meta_kw["site_thresholds"])}, sort_keys=True),
         "cxr_decide.version": meta_kw["version"],
+        **preprocessing_metadata(w.spec),  # today's words, also for a graph quantized before they were true
     })
     return proto.SerializeToString()
-
-
-def register(app: typer.Typer) -> None:
-    app.command("export-onnx")(export_onnx_cmd)

@@ -8,18 +8,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cli import lazy
 from cli.output import Table, console, emit, err_console, esc, fmt_float
-from cli.progress import train_progress
+from cli.progress import quiet, train_progress
 from cxr.errors import InvalidInput
 
 if TYPE_CHECKING:
     from cxr.spec import ArchSpec
 
-# Imported when a command first uses them (pydantic, SQLAlchemy): `decide --help` needs none of them.
-load_policy = lazy.function("policies", "load_policy")
-check_schema = lazy.function("registry.session", "check_schema")
-get_settings = lazy.function("registry.settings", "get_settings")
+# Torch, the data sources, the registry and the policies are imported inside the commands that use them.
+commands = typer.Typer()
 
 # Help texts are built when `decide` starts, so they must not import the phantom or the data sources
 # (numpy, pandas, scipy): copies of cxr.phantom.SPLITS and cxr.sources.HELP (tests/cli/test_fast_cli.py
@@ -40,6 +37,7 @@ def _spec(value: str) -> ArchSpec:
     raise InvalidInput(f"expected a preset ({', '.join(PRESETS)}) or a spec .json file, got {value!r}", field="spec")
 
 
+@commands.command("phantom")
 def phantom_cmd(
     out: Path = typer.Option(..., "--out", help="Folder to write PNG files and labels.csv into."),
     site: str = typer.Option("site-a", help="Hospital profile: site-a (PA-heavy), site-b (AP-heavy), site-c."),
@@ -66,16 +64,17 @@ def phantom_cmd(
 
 
 def _print_summary(s: dict) -> None:
-    t = Table(title=f"{s['name']}: {s['n']} images, {s['patients']} patients, AP {s['ap_fraction']:.0%}")
-    t.add_column("pathology")
-    t.add_column("positives", justify="right")
+    t = Table("pathology", "positives", right=("positives",),
+              title=f"{s['name']}: {s['n']} images, {s['patients']} patients, AP {s['ap_fraction']:.0%}")
     for p, k in s["positives"].items():
         t.add_row(p, str(k))
     console.print(t)
     console.print(f"digest {s['digest'][:16]}…  written to {s.get('out', '')}")
 
 
+@commands.command("train")
 def train_cmd(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Where to write the trained weights (.safetensors)."),
     data: str = typer.Option("phantom:site-a", help=f"Training data: {SOURCE_HELP}."),
     spec: str = typer.Option("compact", help=f"Architecture: a preset ({', '.join(PRESETS)}) or a spec .json."),
@@ -105,14 +104,16 @@ def train_cmd(
     from cxr.train import TrainConfig, train
     from cxr.weights import save_model
     from decision.baseline import register_from_source
-    from registry.session import NoRegistry
+    from policies import load_policy
+    from registry.session import NoRegistry, check_schema
+    from registry.settings import get_settings
 
     arch = _spec(spec)
     home = get_settings().home_dir
     with err_console.status("preparing data"):
         ds = open_source(data, resolution=arch.resolution, split="train", n=n, seed=seed, cache_dir=home / "cache")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    with train_progress(epochs, enabled=not as_json) as cb:
+    with train_progress(epochs, enabled=not (as_json or quiet(ctx))) as cb:
         res = train(arch, ds, cfg, checkpoint_dir=checkpoints, progress=cb)
     w = save_model(out, res.model)
     version = None
@@ -142,6 +143,7 @@ def train_cmd(
     ))
 
 
+@commands.command("predict")
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Chest X-rays: PNG (8/16-bit, RGB/RGBA), JPEG or DICOM files, "
                                         "or folders of them."),
@@ -189,10 +191,9 @@ def predict_cmd(
     rows += [{"path": path, "error": reason, "scores": None} for path, reason in batch.failures]
 
     def render() -> None:
-        t = Table(title=f"{len(batch.paths)} image(s)" + (f" scored by {ref}" if ref else "")
+        t = Table("image", f"top {top} findings (probability{', + = positive' if thresholds else ''})",
+                  title=f"{len(batch.paths)} image(s)" + (f" scored by {ref}" if ref else "")
                   + (f" at {site}" if site else ""))
-        t.add_column("image")
-        t.add_column(f"top {top} findings (probability{', + = positive' if thresholds else ''})")
         for r in rows:
             if r["scores"] is None:
                 continue
@@ -208,6 +209,7 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
+@commands.command("explain")
 def explain_cmd(
     images: list[Path] = typer.Argument(..., help="Chest X-rays: PNG, JPEG or DICOM files."),
     pathology: str = typer.Option(..., "--pathology", help="Whose logit to explain, e.g. Cardiomegaly."),
@@ -243,6 +245,7 @@ def explain_cmd(
         from decision.catalog import Catalog
         from registry import repo
         from registry.session import session_scope
+        from registry.settings import get_settings
 
         with session_scope(read_only=True) as s:
             v = repo.resolve_version(s, version)
@@ -258,9 +261,7 @@ def explain_cmd(
                      "overlay": str(png)})
 
     def render() -> None:
-        t = Table(title=f"Grad-CAM of {pathology} at {exp.layer}")
-        for c in ("image", "probability", "overlay"):
-            t.add_column(c)
+        t = Table("image", "probability", "overlay", title=f"Grad-CAM of {pathology} at {exp.layer}")
         for r in rows:
             t.add_row(Path(r["image"]).name, fmt_float(r["probability"]), r["overlay"])
         console.print(t)
@@ -268,6 +269,7 @@ def explain_cmd(
     emit(rows, as_json, render)
 
 
+@commands.command("import-weights")
 def import_weights_cmd(
     source: str = typer.Argument(..., help="A checkpoint path, or a torchxrayvision weights name in its cache dir."),
     out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
@@ -318,7 +320,7 @@ def import_weights_cmd(
     }
     if register_it:
         from decision.registration import register_weights_file
-        from registry.session import session_scope
+        from registry.session import check_schema, session_scope
 
         check_schema()
         with session_scope() as s:
@@ -330,11 +332,3 @@ def import_weights_cmd(
         f"imported {imp.source_path} ({result['parameters']:,} parameters) → {out} "
         f"(sha256 {w.weights_sha256[:16]}…){reg}"
     ))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("phantom")(phantom_cmd)
-    app.command("train")(train_cmd)
-    app.command("predict")(predict_cmd)
-    app.command("explain")(explain_cmd)
-    app.command("import-weights")(import_weights_cmd)

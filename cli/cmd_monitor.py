@@ -9,20 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli import lazy
+from cli.options import JSON_OPT, MAX_COST_OPT, POLICY_OPT
 from cli.output import Table, console, emit, err_console, esc, fmt_float
+from cli.progress import engine_progress, quiet
 from cxr import clock
 
 if TYPE_CHECKING:  # the jobs and the scheduler import the engine (torch): loaded by the commands that run
     from decision.scheduler import PassOutcome
 
-# Imported when a command first uses them (SQLAlchemy, pydantic): `decide --help` needs none of them.
-repo = lazy.module("registry.repo")
-session_scope = lazy.function("registry.session", "session_scope")
-get_settings = lazy.function("registry.settings", "get_settings")
-
-JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of tables.")
-POLICY_OPT = typer.Option(None, "--policy", help="Policy TOML (default: $DECIDE_POLICY, else the bundled default).")
+# The registry (SQLAlchemy) and the settings (pydantic) are imported inside the commands that use them:
+# `decide --help` needs neither.
 SOURCE_HELP = (
     "Where the labelled feedback comes from: phantom:SITE replays the phantom's feedback of SITE one week "
     "at a time (the embedded default); folder:DIR[:CSV] reads a folder of labelled studies (CSV of labels, "
@@ -31,9 +27,6 @@ SOURCE_HELP = (
 SITE_HELP = "The hospital/site whose feedback this is (reports and treatments are per site)."
 MODEL_OPT = typer.Option("cxr", "--model", help="Registered model whose production version is watched.")
 PER_WINDOW_OPT = typer.Option(1000, "--per-window", min=1, help="Feedback studies per window (phantom: per week).")
-MAX_COST_OPT = typer.Option(
-    None, "--max-cost", help="Do not run a treatment whose expected cost exceeds this: it awaits approval."
-)
 
 monitor_app = typer.Typer(
     help=(
@@ -45,6 +38,8 @@ monitor_app = typer.Typer(
     ),
     no_args_is_help=True,
 )
+commands = typer.Typer()
+commands.add_typer(monitor_app, name="monitor")
 
 
 def _render_summary(data: dict[str, Any]) -> None:
@@ -55,9 +50,8 @@ def _render_summary(data: dict[str, Any]) -> None:
     if data.get("watched", "every pathology") != "every pathology":
         console.print(f"watching: {esc(data['watched'])}")
     if data["breaches"]:
-        t = Table(title="SLO breaches (whole 95% interval on the wrong side)")
-        for c in ("pathology", "site", "breach", "recall", "FPR", "AUROC"):
-            t.add_column(c)
+        t = Table("pathology", "site", "breach", "recall", "FPR", "AUROC",
+                  title="SLO breaches (whole 95% interval on the wrong side)")
         for b in data["breaches"]:
             t.add_row(b["pathology"], b["site"], ", ".join(b["breaches"]), fmt_float(b["recall"]),
                       fmt_float(b["fpr"]), fmt_float(b["auroc"]))
@@ -78,7 +72,9 @@ def _render_summary(data: dict[str, Any]) -> None:
                           + (f" [dim]{esc(r['error'])}[/]" if r["error"] else ""))
 
 
+@monitor_app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     source: str = typer.Option(..., "--source", help=SOURCE_HELP),
     site: str = typer.Option(..., "--site", help=SITE_HELP),
     model: str = MODEL_OPT,
@@ -109,18 +105,22 @@ def run_cmd(
 
     Example: decide monitor run --source phantom:site-e --site site-e --pathology Cardiomegaly --kind false_positives
 
-    Re-running a window stores nothing twice. Exit 1 if a decision ended with every treatment
+    Re-running a window stores nothing twice. A line on stderr as each treatment starts and ends
+    (`decide -q monitor run …` silences them). Exit 1 if a decision ended with every treatment
     rejected or failed (as `decide run`).
     """
     from decision.engine import Engine
     from decision.jobs import Watch, monitor_pass, next_window_index
     from decision.scheduler import job_summary
+    from registry.settings import get_settings
 
     index = week - 1 if week is not None else next_window_index(source, site)
     engine = Engine.from_settings(policy)
-    result = monitor_pass(engine, model, source, site, index=index, per_window=per_window, max_cost=max_cost,
-                          treat=not no_treat, stale_after=timedelta(seconds=get_settings().stale_seconds),
-                          watch=Watch(tuple(pathology), tuple(kind)))
+    with engine_progress(enabled=not quiet(ctx)) as progress:
+        engine.progress = progress
+        result = monitor_pass(engine, model, source, site, index=index, per_window=per_window, max_cost=max_cost,
+                              treat=not no_treat, stale_after=timedelta(seconds=get_settings().stale_seconds),
+                              watch=Watch(tuple(pathology), tuple(kind)))
     data = job_summary(result)
     data["studies"] = result.monitor.dataset.size  # how many labelled studies this pass read
     emit(data, as_json, lambda: _render_summary(data))
@@ -139,7 +139,9 @@ def _print_outcome(out: PassOutcome) -> None:
                           f"{esc(out.reason)}")
 
 
+@monitor_app.command("schedule")
 def schedule_cmd(
+    ctx: typer.Context,
     cron: str = typer.Option(
         ..., "--cron",
         help='When to run, as a crontab in UTC: "minute hour day month weekday", e.g. "0 6 * * 1" (Mondays '
@@ -161,12 +163,15 @@ def schedule_cmd(
     and the next one proceeds. Schedules live in the registry: a restarted scheduler resumes them, and
     several scheduler processes on one database run each pass once (a lease per schedule plus one pass
     row per fire time). SIGTERM or Ctrl-C: no new passes, a running pass finishes; a second signal
-    interrupts it (recorded as failed). Exit 0.
+    interrupts it (recorded as failed). Each pass's treatments print a line on stderr as they start and
+    end (`decide -q monitor schedule …` silences them). Exit 0.
 
     Example: decide monitor schedule --cron "0 6 * * 1" --source phantom:site-b --site site-b
     """
     from decision.jobs import feedback_source
     from decision.scheduler import Scheduler, cron_trigger
+    from registry import repo
+    from registry.session import session_scope
 
     trigger = cron_trigger(cron)
     feedback_source(source, site, 0, per_window, 32)  # refuses an unknown source kind now, not at the first fire
@@ -179,13 +184,19 @@ def schedule_cmd(
     if no_run:
         return
     err_console.print("scheduler running (SIGTERM or Ctrl-C to stop)")
-    code = Scheduler(policy_path=policy, on_outcome=_print_outcome).serve()
+    scheduler = Scheduler(policy_path=policy, on_outcome=_print_outcome)
+    with engine_progress(enabled=not quiet(ctx)) as progress:
+        scheduler.engine().progress = progress
+        code = scheduler.serve()
     raise typer.Exit(code)
 
 
+@monitor_app.command("schedules")
 def schedules_cmd(as_json: bool = JSON_OPT) -> None:
     """The stored schedules, their next fire time and their latest pass."""
     from decision.scheduler import cron_trigger
+    from registry import repo
+    from registry.session import session_scope
 
     now = clock.now()
     with session_scope(read_only=True) as s:
@@ -202,10 +213,8 @@ def schedules_cmd(as_json: bool = JSON_OPT) -> None:
         if not rows:
             console.print("no schedules: `decide monitor schedule --cron … --source … --site …` stores one")
             return
-        t = Table(title="schedules (cron in UTC)")
-        for c in ("name", "cron", "model", "source", "site", "per window", "max cost", "next week", "next fire",
-                  "last pass"):
-            t.add_column(c)
+        t = Table("name", "cron", "model", "source", "site", "per window", "max cost", "next week", "next fire",
+                  "last pass", title="schedules (cron in UTC)")
         for r in rows:
             lp = r["last_pass"]
             t.add_row(r["name"] + ("" if r["enabled"] else " (disabled)"), r["cron"], r["model"], r["source"],
@@ -217,12 +226,16 @@ def schedules_cmd(as_json: bool = JSON_OPT) -> None:
     emit(rows, as_json, render)
 
 
+@monitor_app.command("passes")
 def passes_cmd(
     schedule: str | None = typer.Option(None, "--schedule", help="Only this schedule's passes (name)."),
     limit: int = typer.Option(20, "--limit", min=1, help="Show the newest N passes."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Recent scheduled passes: which process ran each fire, on which window, and how it ended."""
+    from registry import repo
+    from registry.session import session_scope
+
     with session_scope(read_only=True) as s:
         names = {sc.id: sc.name for sc in repo.list_schedules(s)}
         sid = repo.get_schedule(s, schedule).id if schedule is not None else None
@@ -233,10 +246,8 @@ def passes_cmd(
         if not rows:
             console.print("no passes yet")
             return
-        t = Table(title="scheduled passes (times in UTC)")
-        for c in ("id", "schedule", "fire time", "week", "holder", "status", "seconds", "reports", "decisions",
-                  "error"):
-            t.add_column(c, overflow="fold")
+        t = Table("id", "schedule", "fire time", "week", "holder", "status", "seconds", "reports", "decisions",
+                  "error", title="scheduled passes (times in UTC)", fold=True)
         for p in rows:
             sm = p["summary"] or {}
             secs = (p["finished_at"] - p["started_at"]).total_seconds() if p["finished_at"] else None
@@ -250,18 +261,13 @@ def passes_cmd(
     emit(rows, as_json, render)
 
 
+@monitor_app.command("unschedule")
 def unschedule_cmd(name: str = typer.Argument(..., help="Schedule name (see `decide monitor schedules`)."),
                    as_json: bool = JSON_OPT) -> None:
     """Delete a schedule; its past passes stay. Running schedulers drop it within their next re-sync (30 s)."""
+    from registry import repo
+    from registry.session import session_scope
+
     with session_scope() as s:
         gone = repo.delete_schedule(s, name)
     emit({"deleted": gone.name, "id": gone.id}, as_json, lambda: console.print(f"schedule {gone.name} deleted"))
-
-
-def register(app: typer.Typer) -> None:
-    monitor_app.command("run")(run_cmd)
-    monitor_app.command("schedule")(schedule_cmd)
-    monitor_app.command("schedules")(schedules_cmd)
-    monitor_app.command("passes")(passes_cmd)
-    monitor_app.command("unschedule")(unschedule_cmd)
-    app.add_typer(monitor_app, name="monitor")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
@@ -55,11 +55,15 @@ def real_console(con: Any) -> Console:
     return con.real() if isinstance(con, _LazyConsole) else con
 
 
-def Table(*args: Any, **kwargs: Any) -> RichTable:
-    """`rich.table.Table(*args, **kwargs)`; rich is imported when the first table is drawn."""
+def Table(*columns: str, right: Collection[str] = (), fold: bool = False, **kwargs: Any) -> RichTable:
+    """A `rich.table.Table(**kwargs)` with these column headers, left-justified but for those in `right`;
+    `fold`: long cells fold instead of ending in "…" (rich is imported when the first table is drawn)."""
     from rich.table import Table as RichTable
 
-    return RichTable(*args, **kwargs)
+    table = RichTable(**kwargs)
+    for c in columns:
+        table.add_column(c, justify="right" if c in right else "left", **({"overflow": "fold"} if fold else {}))
+    return table
 
 
 def _default(o: Any) -> Any:

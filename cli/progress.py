@@ -4,6 +4,10 @@ In a terminal: rich progress bars (epochs and batches, feature extraction) and a
 live status line for long steps. Anywhere else (a pipe, a CI log, a file): plain
 lines, one per finished epoch or step and a few per long loop, because a bar that
 only prints when it ends tells a log reader nothing while the work runs.
+
+A treatment can run for minutes: `decide run`, `decide monitor run` and `decide demo`
+print a line when each one starts and when it ends (`engine_progress`), by default;
+`decide -q` silences them, and the epoch lines of `decide train` (`quiet(ctx)`); errors still print.
 """
 
 from __future__ import annotations
@@ -18,9 +22,15 @@ from cli.output import err_console, esc, real_console
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
+    from typer import Context
 
 #: plain mode: a long loop reports at most this often (seconds), and when it ends
 PLAIN_EVERY_S = 10.0
+
+
+def quiet(ctx: Context) -> bool:
+    """`decide -q` was given on the command line that `ctx` runs."""
+    return bool((ctx.find_root().obj or {}).get("quiet"))
 
 
 def make_progress(transient: bool = False, console: Console | None = None) -> Progress:
@@ -126,3 +136,12 @@ def step_reporter(enabled: bool = True, console: Console | None = None) -> Itera
             status.update(f"[bold]{esc(step)}[/] {esc(detail)} [dim](since {time.perf_counter() - t0:.0f}s)[/]")
 
         yield say
+
+
+@contextmanager
+def engine_progress(enabled: bool = True, console: Console | None = None) -> Iterator[Callable[[str], None]]:
+    """Yield the decision engine's `progress(line)` (`Engine.progress`): a timestamped `treat` line as each
+    treatment starts and ends (elapsed, outcome, gate summary), plain off a terminal, with a live status
+    line on one."""
+    with step_reporter(enabled=enabled, console=console) as say:
+        yield lambda line: say("treat", line)

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from cxr.data import phantom_dataset
+from cxr.kinds import IssueKind
 from cxr.phantom import PhantomConfig
 from cxr.spec import preset
 from cxr.train import TrainConfig, train
 from cxr.weights import to_bytes
+from decision.approvals import held_run
 from decision.baseline import DataBinding, register_baseline
 from decision.engine import Engine
 from decision.evaluate import evaluate_scores
@@ -69,7 +71,7 @@ class DemoConfig:
     new_site_evaluation: int = 1000
     new_site_week: int = 2000  # labelled studies in its first week (≈ 60 Cardiomegaly positives)
     #: what its radiologists audit: the monitor reports these pathologies and kinds only
-    new_site_watch: tuple[tuple[str, ...], tuple[str, ...]] = (("Cardiomegaly",), ("false_positives",))
+    new_site_watch: tuple[tuple[str, ...], tuple[str, ...]] = (("Cardiomegaly",), (IssueKind.false_positives,))
     #: who approves a candidate held for a person (the demo plays them; the approval says so)
     approver: str = "radiology-lead"
 
@@ -109,7 +111,7 @@ def early_block_fix(url: str, model: str, site: str) -> dict[str, Any] | None:
         reports = {r.id for r in repo.list_reports(s, model=model) if r.site == site}
         decisions = {d.id for d in repo.list_decisions(s) if set(d.report_ids) & reports}
         serving = repo.resolve_version(s, f"{model}@{PRODUCTION}", site=site)
-        for run in repo.run_history(s, treatment="f_reoptimization"):
+        for run in repo.list_runs(s, treatment="f_reoptimization"):
             art = run.artifacts or {}
             if (run.decision_id in decisions and run.outcome == RunOutcome.accepted
                     and run.output_version_id == serving.id and art.get("block") in (1, 2)):
@@ -176,7 +178,7 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
         say("baseline", f"{base.version.ref} registered, evaluated and promoted")
     timings["train_s"] = time.perf_counter() - t
 
-    engine = Engine(url, home, policy, worker="demo")
+    engine = Engine(url, home, policy, worker="demo", progress=lambda line: say("treat", line))
     weeks = []
     t = time.perf_counter()
     with session_scope(url, read_only=True) as s:
@@ -241,7 +243,7 @@ def _new_site_chapter(engine: Engine, cfg: DemoConfig, say: Progress) -> NewSite
     out = NewSite(site, job)
     for d in job.pass_summary.decisions:
         say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
-        held = engine.held_run(d.decision_id) if d.status == DecisionStatus.awaiting_approval else None
+        held = held_run(engine.url, d.decision_id) if d.status == DecisionStatus.awaiting_approval else None
         if held is None or held.outcome != RunOutcome.held:
             continue
         weak = ", ".join(sorted({c["name"].split("@")[0][15:-1] for c in (held.metrics.get("gate") or {})
@@ -331,7 +333,7 @@ def _case_figures(engine: Engine, url: str, site: str, baseline, final) -> list[
 def _cardiomegaly_grids(engine: Engine, url: str, site: str, baseline, final, case_grid) -> list[tuple[str, bytes]]:
     with session_scope(url, read_only=True) as s:
         reports = [r for r in repo.list_reports(s) if r.site == site and r.pathology == "Cardiomegaly"
-                   and str(getattr(r.kind, "value", r.kind)) == "false_positives"]
+                   and r.kind == IssueKind.false_positives]
     out = []
     for r in reports[:2]:
         versions = [baseline] if final.id == baseline.id else [baseline, final]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -234,6 +235,7 @@ class Engine:
             self._set_status(decision_id, DecisionStatus.running, cand.treatment)
             what = f"report {report.id} ({report.pathology} {report.kind.value} at {report.site})"
             self.progress(f"{what}: {cand.treatment} started on {parent.ref}")
+            started = time.perf_counter()
             try:
                 result = execute(self.url, self.home, self.catalog, self.policy, self.plugins[cand.treatment],
                                  report, parent, decision_id, executor=self.executor,
@@ -246,7 +248,8 @@ class Engine:
             out.runs.append(result)
             ref = f" → {result.version.ref}" if result.version else ""
             why = (result.gate.summary if result.gate else result.error)[:160]
-            self.progress(f"{what}: {cand.treatment} {result.outcome.value}{ref} in {result.wall_seconds:.1f} s"
+            self.progress(f"{what}: {cand.treatment} {result.outcome.value}{ref} after "
+                          f"{time.perf_counter() - started:.1f} s (treatment {result.wall_seconds:.1f} s)"
                           + (f" — {why}" if why else ""))
             if result.outcome == RunOutcome.abandoned:  # another pass took the run over: the decision is its
                 return self._finish(out, DecisionStatus.cancelled, f"run {result.run_id} was taken over by another "

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from cxr.kinds import IssueKind
 from decision.catalog import Catalog
 from decision.error_reports import ErrorReport, ingest, parse_report
 from registry import repo
@@ -51,7 +52,7 @@ def latency_report(version: VersionEntity, measured: dict[str, Any], budget_ms: 
     notes = (f"{measured['value']:.2f} ms/image at batch {measured['batch']} on {cpu.get('cpu', '?')} "
              f"({cpu.get('threads', '?')} threads, flags {' '.join(cpu.get('flags', []))}); budget {budget_ms:g}")
     return parse_report({
-        "model": version.model, "version": version.version, "pathology": named[0], "kind": "footprint",
+        "model": version.model, "version": version.version, "pathology": named[0], "kind": IssueKind.footprint,
         "metric": "latency_ms", "value": round(float(measured["value"]), 4), "target": float(budget_ms),
         "site": site, "window_start": window_start, "window_end": window_end,
         "counts": {"tp": 0, "fp": 0, "tn": 0, "fn": 0}, "source": "monitor", "notes": notes[:2000],

@@ -1,6 +1,6 @@
 """Scoring films with a registered version, so that "positive" means what the registry says.
 
-`decide predict --version cxr@production`, `decide report` and the analysis commands start here:
+`decide predict --version cxr@production`, `decide findings` and the analysis commands start here:
 resolve the version (per site when asked: the site's own alias and operating points), load its
 weights verified by digest, and score a batch of films read by `cxr.images.read_batch`. A film is
 called positive when its probability reaches the version's operating point for that pathology;

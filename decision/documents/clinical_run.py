@@ -1,4 +1,4 @@
-"""`decide report`: from films (or an error report's cases) to clinical-report pages on disk.
+"""`decide findings`: from films (or an error report's cases) to clinical-report pages on disk.
 
 Two ways in. Files: read every film (`cxr.images.read_batch`; an unreadable one stops the batch
 unless `keep_going`), score them with a registered version. An error report: its listed cases

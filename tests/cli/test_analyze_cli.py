@@ -1,4 +1,5 @@
-"""`decide analyze exclusivity | channels | figures`, `decide report` and `decide predict --version`, via the CLI."""
+"""`decide analyze exclusivity | channels | figures`, `decide findings` (and `report`, its hidden old name) and
+`decide predict --version`, via the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from cxr.nih import xrv_data_dir
 from cxr.spec import NIH_PATHOLOGIES
+from tests import dates
 
 runner = CliRunner()
 pytestmark = pytest.mark.xdist_group("tiny-home")
@@ -90,9 +91,9 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("which", ["corrupt.png", "notes.txt", "empty.png"])
-def test_report_and_predict_refuse_an_unreadable_file_with_exit_2_and_one_line(tiny_home, tmp_path, which):
+def test_findings_and_predict_refuse_an_unreadable_file_with_exit_2_and_one_line(tiny_home, tmp_path, which):
     bad = _bad_files(tmp_path)[which]
-    for cmd in (["report", str(bad), "--out", str(tmp_path / "r.html")],
+    for cmd in (["findings", str(bad), "--out", str(tmp_path / "r.html")],
                 ["predict", str(bad), "--version", "cxr@production"]):
         res = runner.invoke(app, cmd)
         assert res.exit_code == 2, res.output
@@ -101,12 +102,12 @@ def test_report_and_predict_refuse_an_unreadable_file_with_exit_2_and_one_line(t
 
 
 @pytest.mark.slow  # 16 s on 2 busy cores (about 5 s quiet)
-def test_report_on_a_dicom_and_a_batch_with_keep_going(tiny_home, tmp_path):
+def test_findings_on_a_dicom_and_a_batch_with_keep_going(tiny_home, tmp_path):
     dcm = get_testdata_file("6154")
-    body = _json(_run("report", dcm, "--out", str(tmp_path / "one.html"), "--json"))
+    body = _json(_run("findings", dcm, "--out", str(tmp_path / "one.html"), "--json"))
     assert body["pages"] == [str(tmp_path / "one.html")] and "not a diagnosis" in (tmp_path / "one.html").read_text()
     bad = _bad_files(tmp_path)["corrupt.png"]
-    res = _run("report", dcm, str(bad), "--out", str(tmp_path / "batch"), "--keep-going", "--json")
+    res = _run("findings", dcm, str(bad), "--out", str(tmp_path / "batch"), "--keep-going", "--json")
     assert res.exit_code == 1
     out = json.loads(res.stdout)
     assert [f[0] for f in out["failed"]] == [str(bad)] and len(out["pages"]) == 1
@@ -133,7 +134,7 @@ def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path
 
 
 @pytest.mark.slow  # 18 s on 2 busy cores
-def test_report_from_an_error_reports_cases(tiny_home, tmp_path):
+def test_findings_from_an_error_reports_cases(tiny_home, tmp_path):
     from decision.error_reports import ingest, parse_report
     from registry import repo
     from registry.entities import DatasetRole
@@ -145,12 +146,12 @@ def test_report_from_an_error_reports_cases(tiny_home, tmp_path):
 
     ids = list(Catalog(tiny_home.home).dataset(fb).image_ids[:2])
     rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives", "metric": "fpr",
-           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": datetime(2026, 2, 1, tzinfo=UTC),
-           "window_end": datetime(2026, 2, 8, tzinfo=UTC), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1},
+           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": dates.day(0),
+           "window_end": dates.day(7), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1},
            "cases": [{"image_id": i, "score": 0.9, "label": 0} for i in [*ids, "elsewhere"]]}
     with session_scope(tiny_home.url) as s:
         rid = ingest(s, [parse_report(rep)]).ids[0]
-    body = _json(_run("report", "--from-report", str(rid), "--out", str(tmp_path / "cases"), "--json"))
+    body = _json(_run("findings", "--from-report", str(rid), "--out", str(tmp_path / "cases"), "--json"))
     assert [s["study"] for s in body["studies"]] == ids and body["not_found"] == ["elsewhere"]
     assert len(body["pages"]) == 2 and body["version"] == "cxr:1"
     assert "case of error report" in (tmp_path / "cases" / f"{Path(body['pages'][0]).name}").read_text()
@@ -165,9 +166,24 @@ def test_figures_from_the_registry(tiny_home, tmp_path):
 
 
 def test_every_new_command_has_help():
-    for cmd in (["analyze", "exclusivity"], ["analyze", "channels"], ["analyze", "figures"], ["report"]):
+    for cmd in (["analyze", "exclusivity"], ["analyze", "channels"], ["analyze", "figures"], ["findings"]):
         res = runner.invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0 and "Example" in res.output
+
+
+def test_report_is_a_hidden_alias_of_findings_that_says_it_is_renamed(tiny_home, tmp_path):
+    from cli.cmd_analyze import RENAMED
+
+    listed = runner.invoke(app, ["--help"]).stdout
+    assert " findings " in listed and not re.search(r"│ report\b", listed)
+    bad = _bad_files(tmp_path)["notes.txt"]
+    new, old = (runner.invoke(app, [name, str(bad), "--out", str(tmp_path / "r.html")])
+                for name in ("findings", "report"))
+    assert old.exit_code == new.exit_code == 2 and old.stdout == new.stdout
+    assert old.stderr.splitlines() == [RENAMED, *new.stderr.splitlines()]
+    assert RENAMED.startswith("`decide report` is now `decide findings`") and RENAMED not in new.stderr
+    helps = [runner.invoke(app, [name, "--help"]).stdout.splitlines() for name in ("findings", "report")]
+    assert [line for line in helps[0] if "Usage:" not in line] == [line for line in helps[1] if "Usage:" not in line]
 
 
 @pytest.mark.slow  # a real `decide` process: 21 s on 2 busy cores, most of it importing the app

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +14,7 @@ from cli.app import app
 from decision.error_reports import ingest, parse_report
 from registry import repo
 from registry.session import session_scope
+from tests import dates
 
 runner = CliRunner()
 pytestmark = pytest.mark.xdist_group("tiny-home")
@@ -25,8 +28,8 @@ def _run(*args, code=0):
 
 def _report(url):
     rep = {"model": "cxr", "version": 1, "pathology": "Cardiomegaly", "kind": "false_positives", "metric": "fpr",
-           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": datetime(2026, 2, 1, tzinfo=UTC),
-           "window_end": datetime(2026, 2, 8, tzinfo=UTC), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1}}
+           "value": 0.6, "target": 0.2, "site": "site-b", "window_start": dates.day(0),
+           "window_end": dates.day(7), "counts": {"tp": 5, "fp": 60, "tn": 40, "fn": 1}}
     with session_scope(url) as s:
         ingest(s, [parse_report(rep)])
 
@@ -52,6 +55,31 @@ def test_plan_run_decisions_costs(tiny_home):
     assert listed[0]["id"] == body["decisions"][0]["decision_id"]
     costs = {r["treatment"]: r for r in json.loads(_run("costs", "--json").stdout)}
     assert costs["threshold_calibration"]["n_runs"] >= 1
+
+
+@pytest.mark.slow  # a real `decide run` process on the tiny registry
+@pytest.mark.parametrize("quiet", [False, True], ids=["default", "quiet"])
+def test_run_logs_a_line_as_each_treatment_starts_and_ends_unless_quiet(tiny_home, tmp_path, quiet):
+    _report(tiny_home.url)
+    log = tmp_path / "run.log"
+    with log.open("w") as out:  # `decide run --yes > log 2>&1`: no terminal anywhere
+        code = subprocess.run([sys.executable, "-m", "cli", *(["-q"] if quiet else []), "run", "--yes"],
+                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600).returncode
+    text = log.read_text()
+    assert code in (0, 1), text
+    with session_scope(tiny_home.url, read_only=True) as s:
+        runs = repo.list_runs(s)
+    assert runs and "decision " in text  # the summary is there either way
+    what = r"\s*\d+\.\ds treat report \d+ \(Cardiomegaly false_positives at site-b\): "
+    started = re.findall(rf"^{what}(\w+) started on cxr:1$", text, flags=re.M)
+    ended = re.findall(rf"^{what}(\w+) (\w+)(?: → cxr:\d+)? after \d+\.\d s \(treatment \d+\.\d s\)(?: — (.+))?$",
+                       text, flags=re.M)
+    if quiet:
+        assert started == ended == [] and " treat " not in text, text
+        return
+    assert started == [r.treatment for r in runs], text
+    assert [(t, outcome) for t, outcome, _ in ended] == [(r.treatment, r.outcome.value) for r in runs], text
+    assert all(gate.startswith(outcome) for _, outcome, gate in ended if outcome in ("accepted", "rejected")), text
 
 
 def test_run_without_a_terminal_needs_yes(tiny_home):

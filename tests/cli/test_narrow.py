@@ -16,11 +16,13 @@ from typer.testing import CliRunner
 from cli.app import app
 from cli.progress import batch_progress, step_reporter, train_progress
 from cli.rich_console import FittingConsole, fit_table
+from tests import dates
 
 runner = CliRunner()
 NAMES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
          "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
          "Enlarged Cardiomediastinum", "Lung Lesion", "Lung Opacity", "Fracture"]
+WINDOW = f"{dates.ymd(dates.day(0))}…{dates.ymd(dates.day(7))}"  # a report's window as a table shows it
 TREATMENTS = ["threshold_calibration", "surgical_correction", "head_retrain", "f_reoptimization",
               "augmentation_retrain", "full_retrain"]
 
@@ -48,7 +50,7 @@ def _reports_table(rows: int) -> Table:
         t.add_column(c, justify="right" if c in ("id", "value", "target") else "left")
     for i in range(rows):
         t.add_row(str(i + 1), "cxr:1", NAMES[i % len(NAMES)], "false_positives", "fpr", "0.553", "0.200", "site-b",
-                  "2026-01-05…2026-01-12", "resolved (worker-1)")
+                  WINDOW, "resolved (worker-1)")
     return t
 
 
@@ -73,15 +75,15 @@ def test_a_wide_table_wraps_between_words_and_keeps_names_whole():
 def test_a_table_too_wide_to_wrap_becomes_one_block_per_row():
     out = _render(_reports_table(len(NAMES)))
     assert "one block each" in out and out.count("• id ") == len(NAMES)
-    _whole(out, *NAMES, "false_positives", "2026-01-05…2026-01-12")
-    assert "2026-01-05…2026-01-12" in out  # a cell's own ellipsis survives; nothing else is cut
+    _whole(out, *NAMES, "false_positives", WINDOW)
+    assert WINDOW in out  # a cell's own ellipsis survives; nothing else is cut
     assert "pathology Enlarged Cardiomediastinum" in out  # a column's name and value stay together
 
 
 def test_rich_would_have_cut_the_names():
     plain = Console(file=io.StringIO(), width=80, color_system=None)
     plain.print(_reports_table(3))
-    assert "…" in plain.file.getvalue().replace("2026-01-05…2026-01-12", "")  # what this module prevents
+    assert "…" in plain.file.getvalue().replace(WINDOW, "")  # what this module prevents
 
 
 @pytest.fixture
@@ -109,7 +111,7 @@ def _demo_like() -> tuple[dict, dict]:
     """The shapes `decide demo` renders (decision.demo.summary_rows and the export), with every long name."""
     reports = [{"id": i + 1, "model": "cxr", "version": 1, "site": "site-b", "pathology": p,
                 "kind": "false_negatives" if i % 2 else "false_positives", "metric": "recall" if i % 2 else "fpr",
-                "value": 0.5531, "target": 0.8, "window_start": "2026-01-05T00:00:00+00:00", "status": "resolved"}
+                "value": 0.5531, "target": 0.8, "window_start": dates.day(0).isoformat(), "status": "resolved"}
                for i, p in enumerate(NAMES)]
     gate = "rejected: target_fixed: Cardiomegaly fpr 0.412 > 0.200; noninferiority[Pleural_Thickening] lo −0.031"
     decisions = [{"id": 1, "report_ids": [1], "status": "succeeded", "rationale": "Report 1: Cardiomegaly "

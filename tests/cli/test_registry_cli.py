@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from registry.session import head_revision
 from registry.settings import get_settings
+from tests import dates
 
 runner = CliRunner()
 
@@ -94,8 +96,9 @@ def test_register_refuses_bad_inputs(registry, weights, tmp_path):
 
 def _report(line_day: int, **kw) -> str:
     r = {"model": "cxr", "version": 1, "pathology": "Effusion", "kind": "false_positives", "metric": "fpr",
-         "value": 0.3, "target": 0.1, "site": "site-b", "window_start": f"2026-01-{line_day:02d}T00:00:00Z",
-         "window_end": f"2026-01-{line_day:02d}T23:59:59Z", "counts": {"tp": 1, "fp": 27, "tn": 63, "fn": 2}}
+         "value": 0.3, "target": 0.1, "site": "site-b", "window_start": dates.iso(dates.day(line_day)),
+         "window_end": dates.iso(dates.day(line_day + 1) - timedelta(seconds=1)),
+         "counts": {"tp": 1, "fp": 27, "tn": 63, "fn": 2}}
     r.update(kw)
     return json.dumps(r)
 

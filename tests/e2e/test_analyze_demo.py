@@ -46,7 +46,7 @@ def test_a_clinical_report_under_the_compact_production_model(demo_copy, tmp_pat
 
     ds = phantom_dataset(PhantomConfig(site="site-b", split="evaluation", n=6, resolution=64), workers=1)
     write_folder(ds, tmp_path / "films")
-    res = runner.invoke(app, ["report", str(tmp_path / "films" / "images"), "--site", "site-b", "--out",
+    res = runner.invoke(app, ["findings", str(tmp_path / "films" / "images"), "--site", "site-b", "--out",
                               str(tmp_path / "rep"), "--json"])
     assert res.exit_code == 0, res.output
     body = json.loads(res.stdout)
