@@ -78,8 +78,18 @@ def metrics_of(kind: str) -> list[str]:
     return [m for m, rule in METRICS.items() if rule.kind == kind]
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of `metric` is the better one (False for metrics not in `METRICS`: every
-    other figure the evaluation computes — PPV, NPV, F1, TPR — is better high)."""
+#: figures the evaluation computes that no report carries, all better high
+HIGHER_IS_BETTER_FIGURES = frozenset({"tpr", "ppv", "precision", "npv", "f1"})
+
+
+def lower_is_better(metric: str, kind: str | None = None) -> bool:
+    """Whether a smaller value of `metric` is the better one: the metric's own rule; for a figure only
+    the evaluation computes (PPV, NPV, F1, TPR), no; for any other figure (one a plugin measured), the
+    direction of `kind`'s metrics (`metrics_of(kind)[0]`: fpr, recall, auroc, ece, parameters), and no
+    without a kind."""
     rule = METRICS.get(metric)
-    return rule is not None and rule.lower_is_better
+    if rule is not None:
+        return rule.lower_is_better
+    if metric in HIGHER_IS_BETTER_FIGURES or kind is None or not metrics_of(kind):
+        return False
+    return METRICS[metrics_of(kind)[0]].lower_is_better

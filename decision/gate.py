@@ -124,7 +124,7 @@ def _target_check(report: ReportView, r: PathologyEval | None, policy: Policy, m
     metric = asked if (asked in measured or asked in _EVAL_ATTR) else HEADLINE_METRIC.get(report.kind)
     if metric is None:
         return Check("target_fixed", False, f"metric {report.metric!r} cannot be computed from the evaluation")
-    lower = lower_is_better(metric)
+    lower = lower_is_better(metric, report.kind)
     limit = report.target if metric == asked and report.target is not None else None
     if limit is None:
         limit = _slo_limit(metric, policy.slos.for_pathology(report.pathology))
