@@ -151,7 +151,7 @@ class VersionRow(Base):
         self, *, parent_ref: str | None = None, aliases: list[str] | None = None, dataset_ids: list[int] | None = None
     ) -> VersionEntity:
         return entity_from_row(self, VersionEntity, model=self.model.name, parent_ref=parent_ref,
-                       aliases=list(aliases or []), dataset_ids=list(dataset_ids or []))
+                               aliases=list(aliases or []), dataset_ids=list(dataset_ids or []))
 
 
 class VersionDatasetRow(Base):
@@ -271,7 +271,7 @@ class ReportRow(Base):
 
     def to_entity(self) -> ReportEntity:
         return entity_from_row(self, ReportEntity, model=self.version.model.name, version=self.version.version,
-                       counts={"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn})
+                               counts={"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn})
 
 
 class DecisionReportRow(Base):
