@@ -56,6 +56,8 @@ class DatasetRole(StrEnum):
     calibration = "calibration"
     evaluation = "evaluation"
     feedback = "feedback"
+    #: a site's studies without labels, judged by the label-free monitor (never calibration data)
+    unlabelled = "unlabelled"
 
 
 class Verdict(StrEnum):

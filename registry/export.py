@@ -4,7 +4,7 @@ Everything an auditor needs to reconstruct what happened without our code:
 models, versions (spec, thresholds, digests, lineage links), aliases with
 every move, datasets, evaluations, error reports, decisions with all their
 candidates and approvals, treatment runs, monitoring schedules and their
-passes, blobs, and the audit chain with its
+passes, version references and unlabelled windows, blobs, and the audit chain with its
 verification result. Read in one read-only transaction, so it is consistent.
 """
 
@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session
 from cxr import clock
 from registry import audit
 from registry.models import BlobRow, DatasetRow, EvaluationRow, VersionDatasetRow, VersionRow
+from registry.models_label_free import ReferenceRow
 from registry.repo_aliases import list_aliases
 from registry.repo_decisions import list_decisions, list_runs
 from registry.repo_jobs import list_passes, list_schedules
+from registry.repo_label_free import list_windows
 from registry.repo_lineage import alias_moves
 from registry.repo_reports import list_reports
 from registry.repo_versions import get_version, list_models
@@ -60,6 +62,8 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
         "runs": list_runs(session),
         "schedules": list_schedules(session),
         "scheduled_passes": list_passes(session),
+        "references": [r.to_entity() for r in session.scalars(select(ReferenceRow).order_by(ReferenceRow.version_id))],
+        "unlabelled_windows": list_windows(session),
         "blobs": [{"digest": b.digest, "size": b.size, "path": b.path, "created_at": b.created_at}
                   for b in session.scalars(select(BlobRow).order_by(BlobRow.created_at, BlobRow.digest))],
         "audit_events": audit.list_events(session),
