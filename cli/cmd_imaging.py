@@ -157,6 +157,8 @@ def predict_cmd(
                                     "(exit 1 when some failed). Without it, any unreadable file stops the batch "
                                     "(exit 2) before anything is scored."),
     top: int = typer.Option(5, help="Findings to show per image in the table."),
+    show_all: bool = typer.Option(False, "--all", help="Also list, apart, the outputs without an operating point "
+                                  "(never validated: never called positive)."),
     as_json: bool = typer.Option(False, "--json", help="Print every probability as JSON."),
 ) -> None:
     """Score chest X-ray films (torchxrayvision normalisation: [-1024, 1024], center crop, resize).
@@ -164,7 +166,10 @@ def predict_cmd(
     Example: decide predict films/ --version cxr@production --site site-b --keep-going
 
     DICOM goes through its modality LUT, VOI window and MONOCHROME1 inversion first. With --version
-    each pathology is called positive at that version's operating point (per site with --site).
+    each pathology is called positive at that version's operating point (per site with --site). The
+    table leads with the findings called at an operating point; outputs the version has no operating
+    point for were never validated and are not shown (`--all` lists them apart; `--json` marks each
+    output `validated` or not).
     """
     from cxr.images import read_batch
     from cxr.weights import load_model
@@ -191,16 +196,27 @@ def predict_cmd(
     rows += [{"path": path, "error": reason, "scores": None} for path, reason in batch.failures]
 
     def render() -> None:
-        t = Table("image", f"top {top} findings (probability{', + = positive' if thresholds else ''})",
+        validated = any(t is not None for t in thresholds.values())
+        head = (f"top {top} findings at the operating points (probability, + = positive)" if validated else
+                f"top {top} outputs (probability; no operating points: nothing is called, nothing validated)")
+        t = Table("image", head, *(["not validated"] if validated and show_all else []),
                   title=f"{len(batch.paths)} image(s)" + (f" scored by {ref}" if ref else "")
                   + (f" at {site}" if site else ""))
+        hidden = 0
         for r in rows:
             if r["scores"] is None:
                 continue
-            best = sorted(r["scores"].items(), key=lambda kv: -kv[1]["probability"])[:top]
-            t.add_row(Path(r["path"]).name, ", ".join(
-                f"{k} {fmt_float(v['probability'])}{' +' if v['positive'] else ''}" for k, v in best))
+            shown = [(k, v) for k, v in r["scores"].items() if v["validated"] or not validated][:top]
+            cells = [Path(r["path"]).name, ", ".join(
+                f"{k} {fmt_float(v['probability'])}{' +' if v['positive'] else ''}" for k, v in shown)]
+            if validated and show_all:
+                cells.append(", ".join(f"{k} {fmt_float(r['scores'][k]['probability'])}" for k in r["not_validated"]))
+            hidden = max(hidden, len(r["not_validated"]))
+            t.add_row(*cells)
         console.print(t)
+        if validated and hidden and not show_all:
+            console.print(f"[dim]{hidden} output(s) without an operating point are not shown: the version was never "
+                          "validated on them (--all lists them apart; --json has every probability).[/]")
         for _path, reason in batch.failures:  # the reason names the file
             err_console.print(f"[yellow]not scored:[/] {esc(reason)}")
 

@@ -4,7 +4,8 @@
 resolve the version (per site when asked: the site's own alias and operating points), load its
 weights verified by digest, and score a batch of films read by `cxr.images.read_batch`. A film is
 called positive when its probability reaches the version's operating point for that pathology;
-a pathology without one (masked, or never certified) is scored but never called.
+a pathology without one (masked, or never certified) is scored but never called, and is shown apart as
+"not validated".
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def score_images(model: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def score_rows(paths: Sequence[str], probs: np.ndarray, pathologies: Sequence[str],
                thresholds: dict[str, float | None]) -> list[dict[str, Any]]:
-    """One JSON-ready row per film: per pathology its probability, operating point and call."""
+    """One JSON-ready row per film: per pathology its probability, operating point, call and whether it is
+    validated (it has an operating point). Validated outputs come first — positives, then the rest, each
+    by probability — and the outputs without one after them, listed again under `not_validated`: a
+    probability the version was never validated on must not read like a finding."""
     rows = []
     for p, row in zip(paths, probs, strict=True):
         scores = {}
@@ -99,6 +103,9 @@ def score_rows(paths: Sequence[str], probs: np.ndarray, pathologies: Sequence[st
                 continue
             t = thresholds.get(name)
             scores[name] = {"probability": float(row[j]), "threshold": t,
-                            "positive": None if t is None else bool(row[j] >= t)}
-        rows.append({"path": str(p), "scores": scores})
+                            "positive": None if t is None else bool(row[j] >= t), "validated": t is not None}
+        order = sorted(scores, key=lambda n: (not scores[n]["validated"], not scores[n]["positive"],
+                                              -scores[n]["probability"]))
+        rows.append({"path": str(p), "scores": {n: scores[n] for n in order},
+                     "not_validated": [n for n in order if not scores[n]["validated"]]})
     return rows

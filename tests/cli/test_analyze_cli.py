@@ -122,8 +122,18 @@ def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path
     thr = load_version("cxr@production").thresholds
     assert rows[0]["version"] == "cxr:1"
     for name, s in rows[0]["scores"].items():
-        assert s["threshold"] == thr.get(name)
+        assert s["threshold"] == thr.get(name) and s["validated"] == (thr.get(name) is not None)
         assert s["positive"] == (None if s["threshold"] is None else s["probability"] >= s["threshold"])
+    # the validated outputs lead (positives first), the rest follow and are listed apart
+    order = list(rows[0]["scores"])
+    unvalidated = [n for n in order if thr.get(n) is None]
+    assert unvalidated and order[-len(unvalidated):] == unvalidated == rows[0]["not_validated"]
+    called = [rows[0]["scores"][n]["positive"] for n in order if thr.get(n) is not None]
+    assert called == sorted(called, reverse=True)
+    table = _run("predict", dcm, "--version", "cxr@production").stdout
+    assert "findings at the operating points" in table and f"{len(unvalidated)} output(s) without" in table
+    assert not any(n in table for n in unvalidated)
+    assert all(n in _run("predict", dcm, "--version", "cxr@production", "--all").stdout for n in unvalidated)
     bad = _bad_files(tmp_path)["empty.png"]
     res = _run("predict", dcm, str(bad), "--version", "cxr@production", "--keep-going", "--json")
     assert res.exit_code == 1

@@ -43,8 +43,9 @@ def test_train_then_predict(tmp_path, phantom_dir):
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert len(rows) == 2 and 0.0 <= rows[0]["scores"]["Cardiomegaly"]["probability"] <= 1.0
-    table = _run("predict", str(pngs[0]), "--weights", str(weights))
-    assert table.exit_code == 0 and "top 5 findings" in table.stdout
+    assert all(not s["validated"] and s["positive"] is None for s in rows[0]["scores"].values())
+    table = _run("predict", str(pngs[0]), "--weights", str(weights))  # no operating points: nothing is a finding
+    assert table.exit_code == 0 and "top 5 outputs" in table.stdout and "nothing validated" in table.stdout
 
 
 def test_predict_missing_image_exits_2_with_one_line(tmp_path, phantom_dir):
