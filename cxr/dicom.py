@@ -123,11 +123,9 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     if frames > 1:
         arr = arr[0]
         notes.append(f"first of {frames} frames")
-    if samples == 3 or photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            arr = convert_color_space(arr, photometric, "RGB")
+    if samples == 3 or photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"):
+        # pydicom ≥ 3 returns colour pixel data as RGB already (`as_rgb`, its default), JPEG 2000's
+        # YBR_RCT/ICT included: converting YBR again would double-convert (and YBR_RCT has no converter)
         bits = int(ds.get("BitsStored", 8) or 8)
         rgb = np.asarray(arr, dtype=np.float64) / float(2**bits - 1)
         unit = rgb @ np.array([0.299, 0.587, 0.114])

@@ -197,3 +197,21 @@ def test_real_nih_films_including_an_original_rgba_one():
     for f in (film, small):
         assert f.pixels.min() >= -1024 and f.pixels.max() <= 1024 and f.pixels.std() > 100
     assert load_image_file(rgba, 64).shape == (1, 64, 64)
+
+
+def test_colour_dicom_is_read_once_as_rgb_luminance_jpeg2000_included():
+    """pydicom ≥ 3 hands colour pixel data over as RGB (YBR_FULL_422 JPEG, YBR_RCT JPEG 2000): the reader takes
+    its luminance and converts nothing again (a second YBR→RGB conversion shifted every colour; YBR_RCT has no
+    converter and crashed the read)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import pixel_array
+
+    for name in ("examples_ybr_color.dcm", "examples_jpeg2k.dcm"):
+        path = get_testdata_file(name)
+        film = read_film(path)
+        rgb = pixel_array(path, as_rgb=True)
+        rgb = rgb[0] if rgb.ndim == 4 else rgb
+        bits = int(pydicom.dcmread(path, stop_before_pixels=True).BitsStored)
+        lum = (rgb.astype(np.float64) / (2**bits - 1)) @ np.array([0.299, 0.587, 0.114])
+        assert np.allclose(film.pixels, ((2 * lum - 1) * 1024).astype(np.float32), atol=1e-3), name
