@@ -290,11 +290,13 @@ class OodReference:
     @classmethod
     def fit(cls, features, images: Sequence | None = None, *, held_out_fraction: float = HELD_OUT_FRACTION,
             seed: int = 0) -> OodReference:
-        """Fit on the calibration split's pooled features (n × F) and, if given, its model-ready images."""
+        """Fit on the calibration split's pooled features (n × F) and, if given, its model-ready images (or
+        their `PixelStats`, so that a large split need not be held in memory)."""
         feat = ConformalMahalanobis.fit(features, name="features", held_out_fraction=held_out_fraction, seed=seed)
         if images is None:
             return cls(feat)
-        hist = np.stack([intensity_histogram(im) for im in _per_study(images, len(np.asarray(features)), "images")])
+        hist = np.stack([im.histogram if isinstance(im, PixelStats) else intensity_histogram(im)
+                         for im in _per_study(images, len(np.asarray(features)), "images")])
         return cls(feat, ConformalMahalanobis.fit(hist, name="intensity", held_out_fraction=held_out_fraction,
                                                   seed=seed))
 
