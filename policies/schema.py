@@ -27,6 +27,7 @@ __all__ = [
     "CostModel",
     "GatePolicy",
     "IssueKind",
+    "LabelFreePolicy",
     "Learning",
     "Policy",
     "Preconditions",
@@ -202,6 +203,26 @@ class DiagnosisPolicy(_Strict):
     skip_head_level_strength: Rate | None = None
 
 
+class LabelFreePolicy(_Strict):
+    """Monitoring without labels (`decision.unlabelled`): the drift tests' false-alarm rate, the per-study
+    OOD checks' rate, when a label-free estimate is not valid, and how many studies a label request lists."""
+
+    # Window-level family-wise false-alarm rate of the drift tests (KS per named output + the embedding MMD,
+    # Holm over that family: `cxr.drift`), the same for every window size.
+    alpha: Probability = 0.05
+    permutations: int = Field(500, ge=99)  # the MMD's permutation null; p = (b+1)/(B+1) is never 0
+    max_window: int = Field(1000, ge=2)  # larger windows are subsampled (seeded) for the MMD only
+    min_window: int = Field(25, ge=2)  # fewer studies: the window is not tested (too few to say anything)
+    # Per-study false-alarm rate of the OOD checks (`cxr.ood`: two split-conformal distance tests at half each).
+    ood_rate: Probability = 0.01
+    # A label-free estimate is not valid when more than this share of the window is out of distribution, or
+    # of its scores lie outside the calibration scores' support, or fewer positives/negatives are expected.
+    max_ood_share: Rate = 0.10
+    max_unsupported_share: Rate = 0.10
+    min_expected: float = Field(5.0, ge=0)
+    label_request_size: int = Field(50, ge=1)  # studies a label request lists, most shifted first
+
+
 class Learning(_Strict):
     """How history updates the priors: pseudo-counts for the Beta prior and the cost blend."""
 
@@ -230,6 +251,7 @@ class Policy(_Strict):
     learning: Learning = Learning()
     approvals: ApprovalPolicy = ApprovalPolicy()
     diagnosis: DiagnosisPolicy = DiagnosisPolicy()
+    label_free: LabelFreePolicy = LabelFreePolicy()
 
     @field_validator("treatments")
     @classmethod
