@@ -133,8 +133,8 @@ _COMMAND_MODULES = (
     cmd_imaging,    # phantom, train, predict, explain, import-weights
     cmd_registry,   # init, db, register, ingest, reports, history, show, lineage, diff, rollback, unpin, gc
     cmd_audit,      # audit verify / log, export, schema
-    cmd_decide,     # policy, plan, run, decisions, approve, reject, costs
-    cmd_monitor,    # monitor run / schedule / schedules / passes / unschedule
+    cmd_decide,     # policy, plan, run, decisions, approve, reject, labels, costs
+    cmd_monitor,    # monitor run / schedule / schedules / passes / drift / unschedule
     cmd_demo,       # demo
     cmd_footprint,  # export-onnx
     cmd_analyze,    # analyze exclusivity / channels / figures, findings (per-study clinical document)

@@ -1,4 +1,4 @@
-"""Decision commands: `policy show|validate`, `plan`, `run`, `decisions`, `approve`, `reject`, `costs`."""
+"""Decision commands: `policy show|validate`, `plan`, `run`, `decisions`, `approve`, `reject`, `labels`, `costs`."""
 
 from __future__ import annotations
 
@@ -288,6 +288,51 @@ def decisions_cmd(
                                          hb["takeover_in_s"]))
 
     emit(data, as_json, render)
+
+
+@commands.command("labels")
+def labels_cmd(
+    decision: int = typer.Argument(..., help="A decision that requests labels (a distribution_shift report's)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the CSV here instead of standard output."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The studies a label request asks a person to have labelled, most shifted first, as CSV (rank, image id,
+    site, the model's score, the data set that holds it).
+
+    Example: decide labels 12 --out label-request-12.csv
+    """
+    import csv
+    import io
+
+    from registry import repo
+    from registry.session import session_scope
+
+    with session_scope(read_only=True) as s:
+        d = repo.get_decision(s, decision)
+        request = (d.evidence or {}).get("label_request")
+        if not request:
+            raise InvalidInput(f"decision {decision} requests no labels (it answers no distribution_shift report)",
+                               field="decision")
+        report = repo.get_report(s, d.report_ids[0])
+        windows = [w for w in repo.list_windows(s, site=report.site)
+                   if (w.window_start, w.window_end) == (report.window_start, report.window_end)]
+        names = {x.id: x.name for x in repo.list_datasets(s, ids=[w.dataset_id for w in windows if w.dataset_id])}
+    scores = {c["image_id"]: c.get("score") for c in report.cases}
+    dataset = next((names[w.dataset_id] for w in reversed(windows) if w.dataset_id in names), "")
+    rows = [{"rank": i + 1, "image_id": image_id, "site": request["site"], "score": scores.get(image_id),
+             "dataset": dataset} for i, image_id in enumerate(request["studies"])]
+    if as_json:
+        emit(rows, True, lambda: None)
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["rank", "image_id", "site", "score", "dataset"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if out is None:
+        sys.stdout.write(buf.getvalue())
+    else:
+        out.write_text(buf.getvalue())
+        console.print(f"{len(rows)} studies to label → {out}")
 
 
 @commands.command("costs")

@@ -91,6 +91,11 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
         verdicts.append((f"{new['site']}: input-level shift fixed by re-training an early block", bool(fix),
                          f"({fix['version']}, block {fix['block']}, {fix['serving']})" if fix else
                          "(no early-block candidate was promoted: see its decision)"))
+    lf = data.get("label_free")
+    if lf:
+        verdicts.append((f"{lf['site']}: its shift reported before any label", bool(lf["shifted"] and lf["report_id"]),
+                         f"(distribution_shift report {lf['report_id']}, {lf['label_request']} studies to label; "
+                         f"labels vs estimates: {lf['realised'] or 'not yet'})"))
     lines = [f"{'[green]✔' if good else '[red]✘'}[/] {name} {esc(detail)}" for name, good, detail in verdicts]
     if data["report_html"]:
         lines.append(f"report: {data['report_html']}")
@@ -122,6 +127,11 @@ def demo_cmd(
         help="End with site-e's first week: films through a washed-out look-up table (an input-level shift), "
              "fixed by re-training the first dense block (about a minute more).",
     ),
+    label_free: bool = typer.Option(
+        True, "--label-free/--no-label-free",
+        help="Start site-b with its first week without labels: the label-free monitor reports the shift before "
+             "any label and asks for labels (seconds more).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run the whole loop on the embedded phantom data: train at site-a, watch site-b, fix, prove, record.
@@ -148,7 +158,8 @@ def demo_cmd(
     url = database_url()  # $DECIDE_DATABASE_URL, else the home's registry.db
     shown = make_url(url).render_as_string(hide_password=True)
     cfg = DemoConfig(seed=seed, n_train=n_train, n_calibration=n_calibration, n_evaluation=n_evaluation,
-                     epochs=epochs, weeks=weeks, per_week=per_week, new_site="site-e" if new_site else None)
+                     epochs=epochs, weeks=weeks, per_week=per_week, new_site="site-e" if new_site else None,
+                     unlabelled_first=label_free)
     policy_file = get_settings().policy  # $DECIDE_POLICY, else the bundled default
     with step_reporter(enabled=not quiet(ctx)) as say:
         say("registry", shown + (" ($DECIDE_DATABASE_URL)" if os.environ.get("DECIDE_DATABASE_URL") else ""))

@@ -1,5 +1,6 @@
-"""Monitoring commands: `monitor run` (one pass now), `monitor schedule` (passes on a cron schedule),
-`monitor schedules`, `monitor passes`, `monitor unschedule`."""
+"""Monitoring commands: `monitor run` (one pass now, labelled or `--unlabelled`), `monitor schedule` (passes
+on a cron schedule), `monitor schedules`, `monitor passes`, `monitor drift` (a site's unlabelled windows),
+`monitor unschedule`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cli.options import JSON_OPT, MAX_COST_OPT, POLICY_OPT
 from cli.output import Table, console, emit, err_console, esc, fmt_float
 from cli.progress import engine_progress, quiet
 from cxr import clock
+from cxr.errors import InvalidInput
 
 if TYPE_CHECKING:  # the jobs and the scheduler import the engine (torch): loaded by the commands that run
     from decision.scheduler import PassOutcome
@@ -47,9 +49,13 @@ def _render_summary(data: dict[str, Any]) -> None:
                   f"{data['version']} on {data['dataset']}"
                   + (f" — read {data['studies']:,} stud{'y' if data['studies'] == 1 else 'ies'}"
                      if "studies" in data else ""))
-    if data.get("watched", "every pathology") != "every pathology":
+    if data.get("unlabelled"):
+        _render_unlabelled(data)
+    elif data.get("watched", "every pathology") != "every pathology":
         console.print(f"watching: {esc(data['watched'])}")
-    if data["breaches"]:
+    if data.get("unlabelled"):
+        pass
+    elif data["breaches"]:
         t = Table("pathology", "site", "breach", "recall", "FPR", "AUROC",
                   title="SLO breaches (whole 95% interval on the wrong side)")
         for b in data["breaches"]:
@@ -58,8 +64,12 @@ def _render_summary(data: dict[str, Any]) -> None:
         console.print(t)
     else:
         console.print("no SLO breach in this window")
-    console.print(f"reports: {data['reports_created']} new, {data['reports_existing']} already known"
-                  + (f"; still open from earlier windows: {len(data['still_open'])}" if data["still_open"] else ""))
+    if not data.get("unlabelled"):
+        console.print(f"reports: {data['reports_created']} new, {data['reports_existing']} already known"
+                      + (f"; still open from earlier windows: {len(data['still_open'])}" if data["still_open"]
+                         else ""))
+        if (real := data.get("realised")) is not None:
+            console.print(f"label-free estimates of this window vs its labels: {esc(real['summary'])}")
     if data["abandoned_runs"]:
         console.print(f"[yellow]runs marked abandoned (no heartbeat):[/] {data['abandoned_runs']}")
     for d in data["decisions"]:
@@ -70,6 +80,27 @@ def _render_summary(data: dict[str, Any]) -> None:
             ver = f" → {r['version']}" if r["version"] else ""
             console.print(f"  {r['treatment']}: {r['outcome']}{ver} in {r['wall_seconds']:.2f}s"
                           + (f" [dim]{esc(r['error'])}[/]" if r["error"] else ""))
+
+
+def _render_unlabelled(data: dict[str, Any]) -> None:
+    tests, ood = data["tests"], data["ood"]
+    colour = "yellow" if data["shifted"] else "green"
+    console.print(f"[{colour}]{'shifted' if data['shifted'] else 'no shift'}[/] — {esc(tests['summary'])}")
+    if ood.get("n"):
+        console.print(f"outside what {data['version']} was validated on: {ood['outside']} of {ood['n']} studies "
+                      f"({fmt_float(ood['share'])}; per-study false-alarm rate {ood['rate']:.2%})")
+    t = Table("pathology", "estimate", "recall (95%)", "FPR (95%)", "positive rate", "why not",
+              title="label-free estimates at the site's operating points, worst first", fold=True)
+    for e in data["estimates"][:8]:
+        ci = lambda v, c: "—" if v is None else f"{v:.2f} [{c[0]:.2f}, {c[1]:.2f}]"  # noqa: E731
+        t.add_row(e["pathology"], "valid" if e["valid"] else "not valid", ci(e["recall"], e["recall_ci"] or (0, 0)),
+                  ci(e["fpr"], e["fpr_ci"] or (0, 0)), fmt_float(e["positive_rate"]), esc(e["reason"] or ""))
+    console.print(t)
+    if data["report_id"] is not None:
+        console.print(f"distribution_shift report {data['report_id']} filed; the {len(data['moved'])} studies that "
+                      "moved most are its cases (what to label first)")
+    for note in data["notes"]:
+        console.print(f"[dim]{esc(note)}[/]")
 
 
 @monitor_app.command("run")
@@ -96,6 +127,12 @@ def run_cmd(
         help="Report only this issue kind (repeatable): false_positives, false_negatives or auroc_drop. "
              "Default: all three.",
     ),
+    unlabelled: bool = typer.Option(
+        False, "--unlabelled",
+        help="Judge the window without reading its labels: drift tests, label-free estimates and the share of "
+             "studies outside what the version was validated on, against its reference; a shifted window files "
+             "a distribution_shift report, which the policy answers with a request for labels.",
+    ),
     policy: Path | None = POLICY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -114,15 +151,18 @@ def run_cmd(
     from decision.scheduler import job_summary
     from registry.settings import get_settings
 
-    index = week - 1 if week is not None else next_window_index(source, site)
+    if unlabelled and (pathology or kind):
+        raise InvalidInput("--pathology and --kind narrow the labelled monitor; an unlabelled window is tested "
+                           "as a whole", field="unlabelled")
+    index = week - 1 if week is not None else next_window_index(source, site, unlabelled=unlabelled)
     engine = Engine.from_settings(policy)
     with engine_progress(enabled=not quiet(ctx)) as progress:
         engine.progress = progress
         result = monitor_pass(engine, model, source, site, index=index, per_window=per_window, max_cost=max_cost,
                               treat=not no_treat, stale_after=timedelta(seconds=get_settings().stale_seconds),
-                              watch=Watch(tuple(pathology), tuple(kind)))
+                              watch=Watch(tuple(pathology), tuple(kind)), unlabelled=unlabelled)
     data = job_summary(result)
-    data["studies"] = result.monitor.dataset.size  # how many labelled studies this pass read
+    data["studies"] = result.monitor.dataset.size  # how many studies this pass read
     emit(data, as_json, lambda: _render_summary(data))
     if any(d["status"] == "exhausted" and d["runs"] for d in data["decisions"]):
         raise typer.Exit(1)
@@ -256,6 +296,43 @@ def passes_cmd(
                       str(p["window_index"] + 1), p["holder"], f"[{colour}]{p['status'].value}[/]",
                       fmt_float(secs, 1), str(sm.get("reports_created", "")),
                       ", ".join(d["status"] for d in sm.get("decisions", [])), esc(p["error_text"][:80]))
+        console.print(t)
+
+    emit(rows, as_json, render)
+
+
+@monitor_app.command("drift")
+def drift_cmd(
+    site: str = typer.Argument(..., help="The site whose unlabelled windows to show."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """A site's unlabelled windows over time: shifted or not, the worst test, the OOD share, the worst
+    label-free estimate, the report filed and — once labels came — whether they agreed with the estimate.
+
+    Example: decide monitor drift site-b
+    """
+    from registry import repo
+    from registry.session import session_scope
+
+    with session_scope(read_only=True) as s:
+        windows = repo.list_windows(s, site=site)
+        refs = {v.id: f"{v.model}:{v.version}" for v in repo.list_versions(s)}
+    rows = [w.__dict__ | {"version": refs.get(w.version_id)} for w in windows]
+
+    def render() -> None:
+        if not rows:
+            console.print(f"no unlabelled window recorded for {esc(site)} (`decide monitor run --unlabelled`)")
+            return
+        t = Table("window", "version", "studies", "shift", "worst test (adjusted p)", "OOD share", "report",
+                  "labels vs estimate", title=f"unlabelled windows at {site}", fold=True)
+        for w in rows:
+            tests, real = w["tests"] or {}, w["realised"] or {}
+            worst = next((x for x in tests.get("tests", []) if x["name"] == tests.get("worst")), None)
+            t.add_row(f"{w['window_start']:%Y-%m-%d}", w["version"] or "?", str(w["n_studies"]),
+                      "[yellow]shifted[/]" if w["shifted"] else ("no" if tests.get("tested") else "not tested"),
+                      f"{worst['name']} {worst['p_adjusted']:.2g}" if worst else "—",
+                      fmt_float((w["ood"] or {}).get("share")), str(w["report_id"] or ""),
+                      esc(real.get("summary", "no labels yet")))
         console.print(t)
 
     emit(rows, as_json, render)

@@ -24,6 +24,8 @@ class IssueKind(StrEnum):
     auroc_drop = "auroc_drop"
     calibration_drift = "calibration_drift"
     footprint = "footprint"
+    #: a site's unlabelled window differs from what the version was validated on (`decision.unlabelled`)
+    distribution_shift = "distribution_shift"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ METRICS: dict[str, MetricRule] = {
     "parameter_fraction": MetricRule(K.footprint, 0.0, 1.0, lower_is_better=True),
     "size_mb": MetricRule(K.footprint, 0.0, 1e7, lower_is_better=True),
     "latency_ms": MetricRule(K.footprint, 0.0, 1e7, lower_is_better=True),
+    #: the smallest Holm-adjusted p-value of the window's drift tests (`cxr.drift`): below alpha, shifted
+    "shift_p": MetricRule(K.distribution_shift, 0.0, 1.0),
 }
 
 #: the evaluation metric that judges a kind when the report's own metric is not one the evaluation
@@ -67,6 +71,10 @@ HEADLINE_METRIC: dict[IssueKind, str] = {
 
 #: the kinds the labelled monitor files from a site's feedback (one per SLO: max FPR, min recall, min AUROC)
 LABELLED_KINDS: tuple[IssueKind, ...] = (K.false_positives, K.false_negatives, K.auroc_drop)
+
+#: the kinds the label-free monitor files from a site's unlabelled studies: answered by a request for labels,
+#: never by a treatment that changes the model
+LABEL_FREE_KINDS: tuple[IssueKind, ...] = (K.distribution_shift,)
 
 #: the kinds about what a version says (everything a re-trained model can fix), as against what it costs to run
 PERFORMANCE_KINDS: frozenset[IssueKind] = frozenset({K.false_positives, K.false_negatives, K.auroc_drop,

@@ -304,6 +304,12 @@ class OodReference:
     def tests(self) -> int:
         return 1 + (self.intensity is not None)
 
+    def smallest_rate(self) -> float:
+        """The smallest false-alarm rate its held-out studies can hold (each test at rate/tests needs
+        rate/tests ≥ 1/(k+1)): a small calibration split cannot promise a small rate."""
+        k = min(len(d.held_out) for d in filter(None, (self.features, self.intensity)))
+        return self.tests / (k + 1)
+
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Flat arrays named `<detector>.<array>` and {"format", "version", "detectors": {name: meta}}."""
         arrays, metas = {}, {}

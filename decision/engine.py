@@ -41,7 +41,6 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from cxr.faults import failpoint
-from cxr.kinds import IssueKind
 from decision import evidence
 from decision.approvals import approved_decisions, settle_held, settle_rejected_holds
 from decision.catalog import Catalog
@@ -134,16 +133,9 @@ class Engine:
         skip = evidence.skips_head_level(self.policy, diag)
         infos = evidence.treatment_infos(session, self.plugins, self.policy, report, parent, skip)
         p = plan(evidence.report_view(report), infos, self.policy, past, digest=self.digest)
-        record: dict = {}
-        if diag is not None:
-            record[evidence.SHIFT_DIAGNOSIS] = diag
-            if skip:
-                p = dataclasses.replace(p, rationale=f"{p.rationale} Shift diagnosis: {skip}.")
-        if report.kind == IssueKind.false_positives and p.chosen is not None:
-            hint = evidence.channel_hint(self.catalog, parent, report.pathology)
-            if hint is not None:
-                record[evidence.CHANNEL_EVIDENCE] = hint.data
-                p = dataclasses.replace(p, rationale=f"{p.rationale} Classifier channels: {hint.hint}.")
+        record, notes = evidence.for_plan(self.catalog, parent, report, diag, skip, p.chosen is not None)
+        if notes:
+            p = dataclasses.replace(p, rationale=f"{p.rationale} {notes}")
         return ReportPlan(report, parent, p, record)
 
     def plan_open(self, report_ids: list[int] | None = None) -> list[ReportPlan]:
@@ -227,6 +219,12 @@ class Engine:
             tried = {r.treatment for r in repo.list_runs(s, decision_id=decision_id)}
         out = DecisionOutcome(report.id, decision_id, DecisionStatus.running, p)
         for cand in (c for c in p.candidates if c.applicable and c.treatment not in tried):
+            plugin = self.plugins[cand.treatment]
+            if getattr(plugin, "by_people", False):  # a label request: a person's approval carries it out
+                done = cand.treatment == approved
+                return self._finish(out, DecisionStatus.succeeded if done else DecisionStatus.awaiting_approval,
+                                    plugin.outcome(evidence.report_info(report), done), chosen=cand.treatment,
+                                    report_status=ReportStatus.resolved if done else None)
             too_dear = max_cost is not None and cand.expected_cost is not None and cand.expected_cost > max_cost
             if (cand.needs_approval or too_dear) and cand.treatment != approved:
                 why = (f"{cand.treatment} needs approval by policy" if cand.needs_approval else
@@ -237,7 +235,7 @@ class Engine:
             self.progress(f"{what}: {cand.treatment} started on {parent.ref}")
             started = time.perf_counter()
             try:
-                result = execute(self.url, self.home, self.catalog, self.policy, self.plugins[cand.treatment],
+                result = execute(self.url, self.home, self.catalog, self.policy, plugin,
                                  report, parent, decision_id, executor=self.executor,
                                  diagnosis=evidence.decision_diagnosis(self.url, decision_id), progress=self.progress)
             except BaseException:  # interrupted: the run is recorded as failed; leave the report actionable

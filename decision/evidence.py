@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from cxr.errors import NotFound
+from cxr.kinds import LABEL_FREE_KINDS, IssueKind
 from decision.planner import ReportView, TreatmentInfo
 from policies import Policy
 from registry import repo
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SHIFT_DIAGNOSIS = "shift_diagnosis"
 CHANNEL_EVIDENCE = "channel_evidence"
+LABEL_REQUEST = "label_request"
 
 
 # -- the report as plugins and the planner see it ---------------------------------------------------
@@ -152,6 +154,29 @@ def decision_diagnosis(url: str | None, decision_id: int) -> dict[str, Any] | No
     """The shift diagnosis recorded with the decision (None when none was made)."""
     with session_scope(url, read_only=True) as s:
         return (repo.get_decision(s, decision_id).evidence or {}).get(SHIFT_DIAGNOSIS)
+
+
+def for_plan(catalog: Catalog, parent: VersionEntity, report: ReportEntity, diag: dict[str, Any] | None, skip: str,
+             chosen: bool) -> tuple[dict[str, Any], str]:
+    """What to record with a decision besides its candidates, and what to add to its rationale: the shift
+    diagnosis it read (and why head-level rungs were skipped), the classifier channels behind a false-positive
+    report that will be treated, the studies a label request asks for (most shifted first)."""
+    record: dict[str, Any] = {}
+    notes = []
+    if diag is not None:
+        record[SHIFT_DIAGNOSIS] = diag
+        if skip:
+            notes.append(f"Shift diagnosis: {skip}.")
+    if report.kind == IssueKind.false_positives and chosen:
+        hint = channel_hint(catalog, parent, report.pathology)
+        if hint is not None:
+            record[CHANNEL_EVIDENCE] = hint.data
+            notes.append(f"Classifier channels: {hint.hint}.")
+    if report.kind in LABEL_FREE_KINDS and report.cases:
+        studies = [str(c.get("image_id")) for c in report.cases]
+        record[LABEL_REQUEST] = {"site": report.site, "studies": studies, "order": "most shifted first"}
+        notes.append(f"Label request: {len(studies)} studies of {report.site}, most shifted first.")
+    return record, " ".join(notes)
 
 
 # -- polarized classifier channels -----------------------------------------------------------------

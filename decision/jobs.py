@@ -23,6 +23,7 @@ from decision.catalog import record_dataset
 from decision.engine import Engine, PassSummary
 from decision.error_reports import ingest, parse_report
 from decision.monitor import SiteMetrics, assess
+from decision.unlabelled import UnlabelledResult, assess_unlabelled, check_realised
 from registry import repo
 from registry.entities import PRODUCTION, DatasetEntity, DatasetRole, IngestResult, ReportStatus
 from registry.session import session_scope
@@ -44,16 +45,18 @@ def _week_prefix(site: str) -> str:
     return f"feedback-{site}-week"  # + the 1-based week: the name a replayed phantom week is registered under
 
 
-def next_window_index(source: str, site: str, url: str | None = None) -> int:
-    """The feedback window a manual pass reads by default: the one after the latest recorded for `site`.
+def next_window_index(source: str, site: str, url: str | None = None, *, unlabelled: bool = False) -> int:
+    """The feedback window a manual pass reads by default: the one after the latest recorded for `site`
+    (labelled, or with `unlabelled` unlabelled: labels for a week judged unlabelled come later, as its own pass).
 
     Only `phantom:` sources replay numbered weeks; a folder or NIH source is one window (0).
     """
     if not source.startswith("phantom"):
         return 0
     prefix = _week_prefix(site)
+    role = DatasetRole.unlabelled if unlabelled else DatasetRole.feedback
     with session_scope(url, read_only=True) as s:
-        weeks = [int(d.name[len(prefix):]) for d in repo.list_datasets(s, role=DatasetRole.feedback, site=site)
+        weeks = [int(d.name[len(prefix):]) for d in repo.list_datasets(s, role=role, site=site)
                  if d.name.startswith(prefix) and d.name[len(prefix):].isdigit()]
     return max(weeks, default=0)
 
@@ -86,7 +89,9 @@ def phantom_epoch(site: str, url: str | None = None) -> datetime:
     """
     prefix = _week_prefix(site)
     with session_scope(url, read_only=True) as s:
-        for d in repo.list_datasets(s, role=DatasetRole.feedback, site=site):  # oldest first
+        weeks = repo.list_datasets(s, role=DatasetRole.feedback, site=site) + repo.list_datasets(
+            s, role=DatasetRole.unlabelled, site=site)
+        for d in sorted(weeks, key=lambda d: d.id):  # oldest first, labelled or not
             week = d.name[len(prefix):]
             if d.name.startswith(prefix) and week.isdigit() and d.source.get("window"):
                 return datetime.fromisoformat(d.source["window"][0]) - timedelta(weeks=int(week) - 1)
@@ -132,11 +137,13 @@ class MonitorResult:
     ingested: IngestResult
     persisting: list[dict[str, Any]] = field(default_factory=list)  # breaches of issues already reported
     watched: str = "every pathology"  # `Watch.describe()`
+    #: the label-free estimates recorded for this window, against its labels (`unlabelled.check_realised`)
+    realised: dict[str, Any] | None = None
 
 
 @dataclass
 class JobResult:
-    monitor: MonitorResult
+    monitor: MonitorResult | UnlabelledResult
     pass_summary: PassSummary
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -207,7 +214,8 @@ def monitor_window(engine: Engine, model: str, ds: CXRDataset, source: dict[str,
     log.info("monitor %s at %s week %d: %d breach(es), %d new report(s), %d still open", prod.ref, site,
              window.index + 1, len(raw), result.created, len(persisting))
     still = [{"site": k[0], "pathology": k[1], "kind": k[2], "report_id": v} for k, v in persisting.items()]
-    return MonitorResult(prod.ref, dataset, window, metrics, fresh, result, still, watch.describe())
+    realised = check_realised(engine, prod, ds, probs, site, window)
+    return MonitorResult(prod.ref, dataset, window, metrics, fresh, result, still, watch.describe(), realised)
 
 
 def _with_site(ds: CXRDataset, site: str) -> CXRDataset:
@@ -218,9 +226,9 @@ def _with_site(ds: CXRDataset, site: str) -> CXRDataset:
 
 def monitor_pass(engine: Engine, model: str, source: str, site: str, *, index: int = 0, per_window: int = 1000,
                  max_cost: float | None = None, treat: bool = True, stale_after: timedelta | None = None,
-                 watch: Watch = Watch()) -> JobResult:
-    """One pass: open feedback window `index`, monitor it (the `watch`ed pathologies and kinds), then let
-    the engine treat open reports.
+                 watch: Watch = Watch(), unlabelled: bool = False) -> JobResult:
+    """One pass: open feedback window `index`, monitor it (the `watch`ed pathologies and kinds; with
+    `unlabelled`, without reading its labels: `decision.unlabelled`), then let the engine treat open reports.
 
     `stale_after`: how long a run may go without a heartbeat before the engine marks it
     abandoned and reopens its report (default: `Engine.run_pass`'s).
@@ -236,7 +244,8 @@ def monitor_pass(engine: Engine, model: str, source: str, site: str, *, index: i
     epoch = phantom_epoch(site, engine.url) if source.startswith("phantom") else None
     src, window = feedback_source(source, site, index, per_window, resolution, epoch=epoch)
     ds = open_recorded(src, cache_dir=Path(engine.home) / "cache")
-    mon = monitor_window(engine, model, ds, src, site, window, watch)
+    mon = (assess_unlabelled(engine, model, ds, src, site, window) if unlabelled
+           else monitor_window(engine, model, ds, src, site, window, watch))
     recover = {} if stale_after is None else {"stale_after": stale_after}
     summary = engine.run_pass(max_cost=max_cost, **recover) if treat else PassSummary(worker=engine.worker)
     return JobResult(mon, summary, time.perf_counter() - t0)

@@ -54,6 +54,8 @@ from sqlalchemy.orm import Session
 from cxr import clock
 from cxr.errors import InvalidInput, NotFound
 from decision.liveness import Heartbeat
+from decision.unlabelled import UnlabelledResult
+from decision.unlabelled import summary as unlabelled_summary
 from registry import repo
 from registry.entities_jobs import PassStatus, ScheduleEntity
 from registry.session import session_scope
@@ -120,13 +122,17 @@ def cron_trigger(expr: str) -> CronTrigger:
 def job_summary(result: Any) -> dict[str, Any]:
     """A `decision.jobs.JobResult` as plain JSON: breaches, reports ingested, decisions and their runs."""
     mon, eng = result.monitor, result.pass_summary
+    if isinstance(mon, UnlabelledResult):
+        seen: dict[str, Any] = unlabelled_summary(mon)
+    else:
+        seen = {"watched": mon.watched,
+                "breaches": [{"pathology": m.pathology, "site": m.site, "breaches": list(m.breaches),
+                              "recall": m.recall, "fpr": m.fpr, "auroc": m.auroc} for m in mon.metrics if m.breaches],
+                "reports_created": mon.ingested.created, "reports_existing": mon.ingested.existing,
+                "report_ids": list(mon.ingested.ids), "still_open": list(mon.persisting), "realised": mon.realised}
     return {
         "week": mon.window.index + 1, "window": [mon.window.start.isoformat(), mon.window.end.isoformat()],
-        "version": mon.version, "dataset": mon.dataset.name, "watched": mon.watched,
-        "breaches": [{"pathology": m.pathology, "site": m.site, "breaches": list(m.breaches), "recall": m.recall,
-                      "fpr": m.fpr, "auroc": m.auroc} for m in mon.metrics if m.breaches],
-        "reports_created": mon.ingested.created, "reports_existing": mon.ingested.existing,
-        "report_ids": list(mon.ingested.ids), "still_open": list(mon.persisting),
+        "version": mon.version, "dataset": mon.dataset.name, **seen,
         "abandoned_runs": list(eng.abandoned_runs), "released_claims": eng.released_claims,
         "decisions": [{"report_id": d.report_id, "decision_id": d.decision_id, "status": d.status.value,
                        "message": d.message,

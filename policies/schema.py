@@ -54,6 +54,8 @@ BUILTIN_TREATMENTS: tuple[str, ...] = (
     "quantization",
     "structured_pruning",
     "distillation",
+    # the answer to an unlabelled signal (issue kind `distribution_shift` only): people label, nothing is retrained
+    "request_labels",
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -184,6 +184,9 @@ class TreatmentDeclined(Exception):
 
 @runtime_checkable
 class Treatment(Protocol):
+    """A plugin. Optional: `by_people = True` with `outcome(report, done) -> str` for a treatment people carry
+    out (a label request): the engine never runs `apply`; a person's approval completes it."""
+
     name: str
     fixes: frozenset[str]
     head_only: bool

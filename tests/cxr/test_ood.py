@@ -332,3 +332,13 @@ def test_real_nih_films_lie_outside_a_phantom_model():
     out = assess_studies(ref, pooled(x), images=list(x[:, 0]), rate=0.02)
     assert np.mean([a.outside for a in out]) >= 0.95
     assert not any(a.degenerate for a in out)
+
+
+def test_the_smallest_rate_a_reference_holds_is_the_first_its_cut_off_can_promise():
+    rng = np.random.default_rng(3)
+    ref = OodReference.fit(rng.normal(size=(300, 4)), rng.uniform(-1024, 1024, size=(300, 8, 8)), seed=1)
+    low = ref.smallest_rate()
+    assert low == 2 / (90 + 1)  # 30 % of 300 held out, two tests
+    assess_studies(ref, rng.normal(size=(3, 4)), rate=low)  # holds
+    with pytest.raises(InvalidInput, match="cannot hold"):
+        assess_studies(ref, rng.normal(size=(3, 4)), rate=low * 0.99)

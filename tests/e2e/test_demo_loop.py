@@ -165,3 +165,24 @@ def test_the_new_sites_input_level_shift_is_fixed_by_re_training_the_first_block
 
     (before, _), (after, recall) = fpr(baseline), fpr(serving["site-e"])
     assert before > 0.5 and after <= 0.2 and recall >= 0.8, (before, after, recall)
+
+
+def test_site_b_shift_is_reported_before_its_first_label_and_its_label_request_lists_studies(demo):
+    """Issue 19: site-b's first week arrives without labels; the label-free monitor files a distribution_shift
+    report before any label, the policy asks for labels (the demo plays the person who sends the studies),
+    and the labelled week 1 that follows is set against the window's label-free estimates."""
+    exp = demo.export
+    [shift] = [r for r in exp["reports"] if r["kind"] == "distribution_shift" and r["site"] == "site-b"]
+    labelled = [d["created_at"] for d in exp["datasets"]
+                if d["role"] == "feedback" and d["source"].get("site") == "site-b"]
+    assert labelled and shift["created_at"] < min(labelled)  # before the first label
+    assert shift["metric"] == "shift_p" and shift["value"] <= shift["target"] and len(shift["cases"]) == 50
+    decision = next(d for d in exp["decisions"] if shift["id"] in d["report_ids"])
+    assert decision["chosen"] == "request_labels" and decision["status"] == "succeeded"
+    assert decision["evidence"]["label_request"]["studies"] == [c["image_id"] for c in shift["cases"]]
+    assert any(a["actor"] == "radiology-lead" and "played by `decide demo`" in a["reason"]
+               for a in decision["approvals"])
+    [window] = [w for w in exp["unlabelled_windows"] if w["report_id"] == shift["id"]]
+    assert window["shifted"] and window["moved"][:50] == decision["evidence"]["label_request"]["studies"]
+    assert window["realised"]["summary"]  # week 1's labels were set against the estimates made without them
+    assert not any(r["treatment"] != "request_labels" and r["decision_id"] == decision["id"] for r in exp["runs"])

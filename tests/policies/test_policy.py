@@ -32,9 +32,10 @@ def test_default_policy_carries_the_papers_cost_matrix():
     assert costs == {"no_action": 0, "threshold_calibration": 1, "surgical_correction": 2, "head_retrain": 2,
                      "f_reoptimization": 3, "augmentation_retrain": 8, "full_retrain": 10,
                      "lossless_compression": 1, "quantization": 1.5, "structured_pruning": 3,
-                     "distillation": 8}  # fmt: skip
+                     "distillation": 8, "request_labels": 0.5}  # fmt: skip
     approval = {name for name, t in policy.treatments.items() if t.needs_approval}
-    assert approval == {"augmentation_retrain", "full_retrain", "distillation"}
+    assert approval == {"augmentation_retrain", "full_retrain", "distillation", "request_labels"}
+    assert policy.treatments["request_labels"].fixes == ("distribution_shift",)
     surgery = policy.treatments["surgical_correction"]
     assert surgery.preconditions.requires_case_evidence and surgery.fixes == ("false_positives",)
     assert all(set(t.fixes) <= set(ISSUE_KINDS) for t in policy.treatments.values())

@@ -1,28 +1,10 @@
-"""The main job on the embedded default: `decide demo`.
-
-On a fresh machine with no network: render the phantom's splits, train the
-compact baseline at `site-a` (v1: thresholds calibrated, evaluated with
-DeLong intervals, promoted), then replay weeks of `site-b` feedback through
-the monitor. AP portable films at site-b make the site-a model call
-Cardiomegaly on normal hearts; the monitor reports it, the engine decides,
-treats, gates, escalates when needed and promotes — and everything is in the
-registry. Then a new site, site-e, sends its first labelled week: its films come
-through a look-up table that washes them out (an input-level shift no threshold or
-head can undo); the monitor reports the Cardiomegaly false positives its
-radiologists audit, the ladder climbs to F re-optimization, the shift diagnosis
-points at the first dense block, and the re-trained stem and block 1 pass the gate
-for site-e alone (held for a person when a check is underpowered: the demo plays
-that person, named as such in the approval). Every expensive step is cached in the demo home (phantom pixels,
-the trained weights with resumable checkpoints, pooled features), so a second
-run on the same home finishes in seconds and changes nothing: its reports
-are already ingested and decided.
-"""
+"""`decide demo`'s main job (see the package docstring): data, the baseline, the feedback site's weeks, the
+chapters, the final checks against the baseline on every held-out set, and the HTML report."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,48 +15,20 @@ from cxr.phantom import PhantomConfig
 from cxr.spec import preset
 from cxr.train import TrainConfig, train
 from cxr.weights import to_bytes
-from decision.approvals import held_run
 from decision.baseline import DataBinding, register_baseline
+from decision.demo.chapters import NewSite, early_block_fix, label_free_chapter, new_site_chapter
+from decision.demo.config import DemoConfig, Progress
 from decision.engine import Engine
 from decision.evaluate import evaluate_scores
 from decision.gate import noninferiority_check
-from decision.jobs import JobResult, Watch, monitor_pass
+from decision.jobs import JobResult, monitor_pass
 from policies import Policy
 from registry import repo
-from registry.entities import PRODUCTION, DatasetRole, DecisionStatus, RunOutcome
+from registry.entities import PRODUCTION, DatasetRole
 from registry.export import export_all
 from registry.session import init_registry, session_scope
 
 log = logging.getLogger(__name__)
-
-#: progress(step, detail) — the CLI draws it
-Progress = Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    seed: int = 0
-    spec: str = "compact"
-    n_train: int = 8000
-    n_calibration: int = 2000
-    n_evaluation: int = 2000
-    epochs: int = 5
-    weeks: int = 3
-    per_week: int = 1000
-    train_site: str = "site-a"
-    feedback_site: str = "site-b"
-    model: str = "cxr"
-    threads: int | None = None
-    #: the last chapter: a new site whose films a washed-out look-up table shifts at the input level
-    #: (None: no such chapter); its evaluation set is bound to the baseline, so every gate judges it
-    new_site: str | None = "site-e"
-    new_site_evaluation: int = 1000
-    new_site_week: int = 2000  # labelled studies in its first week (≈ 60 Cardiomegaly positives)
-    #: what its radiologists audit: the monitor reports these pathologies and kinds only
-    new_site_watch: tuple[tuple[str, ...], tuple[str, ...]] = (("Cardiomegaly",), (IssueKind.false_positives,))
-    #: who approves a candidate held for a person (the demo plays them; the approval says so)
-    approver: str = "radiology-lead"
-
 
 @dataclass
 class DemoResult:
@@ -88,39 +42,8 @@ class DemoResult:
     report_path: Path | None
     timings: dict[str, float] = field(default_factory=dict)
     new_site: NewSite | None = None
-
-
-@dataclass
-class NewSite:
-    """The new site's chapter: its first week's pass, and what a person (played by the demo) approved."""
-
-    site: str
-    job: JobResult | None
-    approvals: list[str] = field(default_factory=list)
-    settled: list[str] = field(default_factory=list)
-    skipped: str = ""  # why the chapter did not run (e.g. a home made before it existed)
-    #: the accepted F re-optimization of an early block now serving the site (None: there is none)
-    early_block_fix: dict[str, Any] | None = None
-
-
-def early_block_fix(url: str, model: str, site: str) -> dict[str, Any] | None:
-    """The site's early-block fix, read back from the registry: an F re-optimization run for a report at
-    `site`, accepted (by the gate, or by a person after the gate held it), that tuned block 1 or 2 as the
-    shift diagnosis said, whose version serves `site` now."""
-    with session_scope(url, read_only=True) as s:
-        reports = {r.id for r in repo.list_reports(s, model=model) if r.site == site}
-        decisions = {d.id for d in repo.list_decisions(s) if set(d.report_ids) & reports}
-        serving = repo.resolve_version(s, f"{model}@{PRODUCTION}", site=site)
-        for run in repo.list_runs(s, treatment="f_reoptimization"):
-            art = run.artifacts or {}
-            if (run.decision_id in decisions and run.outcome == RunOutcome.accepted
-                    and run.output_version_id == serving.id and art.get("block") in (1, 2)):
-                diagnosis = art.get("diagnosis") or {}
-                return {"run_id": run.id, "version": serving.ref, "block": art["block"],
-                        "serving": f"{PRODUCTION}@{site}" if f"{PRODUCTION}@{site}" in serving.aliases else PRODUCTION,
-                        "level": diagnosis.get("level"), "reason": art.get("block_reason"),
-                        "site_style": art.get("site_style")}
-    return None
+    #: the feedback site's first week judged without labels, and what it asked for
+    label_free: JobResult | None = None
 
 
 def _phantom(cfg: DemoConfig, site: str, split: str, n: int, res: int, cache: Path):
@@ -181,6 +104,7 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
     engine = Engine(url, home, policy, worker="demo", progress=lambda line: say("treat", line))
     weeks = []
     t = time.perf_counter()
+    label_free = label_free_chapter(engine, cfg, say) if cfg.unlabelled_first else None
     with session_scope(url, read_only=True) as s:
         # A week whose feedback is already registered was replayed by an earlier run: a re-run
         # re-decides nothing (its reports and decisions stand in the registry).
@@ -195,8 +119,11 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
                            per_window=cfg.per_week)
         for d in job.pass_summary.decisions:
             say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
+        if getattr(job.monitor, "realised", None):
+            say("label-free", f"week {week + 1}'s labels vs the estimates made without them: "
+                              f"{job.monitor.realised['summary']}")
         weeks.append(job)
-    new_site = _new_site_chapter(engine, cfg, say) if cfg.new_site else None
+    new_site = new_site_chapter(engine, cfg, say) if cfg.new_site else None
     if new_site is not None and not new_site.skipped.startswith("no evaluation set"):
         new_site.early_block_fix = early_block_fix(url, cfg.model, cfg.new_site)
     timings["monitor_and_treat_s"] = time.perf_counter() - t
@@ -215,50 +142,7 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
     cases = _case_figures(engine, url, cfg.feedback_site, repo_version(url, baseline.id), final)
     report_path = _write_report(export, home, timings, acceptance, cases)
     return DemoResult(home, baseline.ref, final.ref, trained_now, weeks, acceptance, export, report_path, timings,
-                      new_site)
-
-
-def _new_site_chapter(engine: Engine, cfg: DemoConfig, say: Progress) -> NewSite:
-    """The new site's first labelled week: monitor what its radiologists audit, treat, and play the person
-    who approves a candidate held for underpowered checks (then settle it)."""
-    site, url = cfg.new_site, engine.url
-    with session_scope(url, read_only=True) as s:
-        baseline = repo.get_version(s, next(v.id for v in repo.list_versions(s, cfg.model) if v.parent_id is None))
-        bound = {d.source.get("site") for d in repo.list_datasets(s, ids=baseline.dataset_ids)
-                 if d.role == DatasetRole.evaluation}
-        replayed = bool(repo.list_datasets(s, role=DatasetRole.feedback, site=site))
-    if site not in bound:
-        why = (f"{site} has no evaluation set bound to {baseline.ref} (a home made before this chapter): "
-               "start from a fresh home to see it")
-        say("onboard", why)
-        return NewSite(site, None, skipped="no evaluation set: " + why)
-    if replayed:
-        say("onboard", f"{site} week 1 already replayed (see `decide reports --site {site}`)")
-        return NewSite(site, None, skipped="already replayed")
-    watch = Watch(*cfg.new_site_watch)
-    say("onboard", f"{site}: a new detector whose look-up table washes films out; its first labelled week, "
-                   f"{cfg.new_site_week} studies, {watch.describe()} audited")
-    job = monitor_pass(engine, cfg.model, f"phantom:{site}", site, index=0, per_window=cfg.new_site_week,
-                       watch=watch)
-    out = NewSite(site, job)
-    for d in job.pass_summary.decisions:
-        say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
-        held = held_run(engine.url, d.decision_id) if d.status == DecisionStatus.awaiting_approval else None
-        if held is None or held.outcome != RunOutcome.held:
-            continue
-        weak = ", ".join(sorted({c["name"].split("@")[0][15:-1] for c in (held.metrics.get("gate") or {})
-                                 .get("checks", []) if c.get("flag") == "underpowered" and c.get("binding", True)}))
-        reason = (f"played by `decide demo`: target met at {site}; {weak or 'some checks'} underpowered there "
-                  "with no significant harm — accepted for this site")
-        with session_scope(url) as s:
-            repo.approve_decision(s, d.decision_id, actor=cfg.approver, reason=reason)
-        out.approvals.append(f"decision {d.decision_id}: {cfg.approver} approves ({reason})")
-        say("approve", out.approvals[-1])
-    if out.approvals:
-        for d in engine.run_pass().decisions:
-            out.settled.append(f"report {d.report_id}: {d.status.value} — {d.message}")
-            say("decide", out.settled[-1])
-    return out
+                      new_site, label_free)
 
 
 def repo_version(url: str, version_id: int):
@@ -383,7 +267,18 @@ def summary_rows(result: DemoResult) -> dict[str, Any]:
             "approvals": result.new_site.approvals, "settled": result.new_site.settled,
             "early_block_fix": result.new_site.early_block_fix,
             "week": None if result.new_site.job is None else _week_row(result.new_site.job)},
+        "label_free": None if result.label_free is None else _label_free_row(result.label_free, result.weeks),
     }
+
+
+def _label_free_row(job: JobResult, weeks: list[JobResult]) -> dict[str, Any]:
+    u = job.monitor
+    realised = next((w.monitor.realised for w in weeks if w.monitor.window.start == u.window.start
+                     and getattr(w.monitor, "realised", None)), None)
+    return {"site": u.record.site, "shifted": u.record.shifted, "summary": u.record.tests.get("summary", ""),
+            "ood_share": u.record.ood.get("share"), "report_id": u.report_id, "label_request": len(u.record.moved),
+            "before_labels": all(w.monitor.window.start >= u.window.start for w in weeks),
+            "realised": None if realised is None else realised["summary"]}
 
 
 def _week_row(j: JobResult) -> dict[str, Any]:

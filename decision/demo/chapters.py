@@ -1,0 +1,120 @@
+"""The demo's chapters after the feedback site's labelled weeks: the feedback site's first week without labels
+(monitoring without labels, answered by a request for labels) and the new site whose washed-out films an
+early-block F re-optimization fixes. Each plays the person the loop waits for, and says so in the record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from decision.approvals import held_run
+from decision.demo.config import DemoConfig, Progress
+from decision.engine import Engine
+from decision.jobs import JobResult, Watch, monitor_pass
+from registry import repo
+from registry.entities import PRODUCTION, DatasetRole, DecisionStatus, RunOutcome
+from registry.session import session_scope
+
+
+@dataclass
+class NewSite:
+    """The new site's chapter: its first week's pass, and what a person (played by the demo) approved."""
+
+    site: str
+    job: JobResult | None
+    approvals: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the chapter did not run (e.g. a home made before it existed)
+    #: the accepted F re-optimization of an early block now serving the site (None: there is none)
+    early_block_fix: dict[str, Any] | None = None
+
+
+def early_block_fix(url: str, model: str, site: str) -> dict[str, Any] | None:
+    """The site's early-block fix, read back from the registry: an F re-optimization run for a report at
+    `site`, accepted (by the gate, or by a person after the gate held it), that tuned block 1 or 2 as the
+    shift diagnosis said, whose version serves `site` now."""
+    with session_scope(url, read_only=True) as s:
+        reports = {r.id for r in repo.list_reports(s, model=model) if r.site == site}
+        decisions = {d.id for d in repo.list_decisions(s) if set(d.report_ids) & reports}
+        serving = repo.resolve_version(s, f"{model}@{PRODUCTION}", site=site)
+        for run in repo.list_runs(s, treatment="f_reoptimization"):
+            art = run.artifacts or {}
+            if (run.decision_id in decisions and run.outcome == RunOutcome.accepted
+                    and run.output_version_id == serving.id and art.get("block") in (1, 2)):
+                diagnosis = art.get("diagnosis") or {}
+                return {"run_id": run.id, "version": serving.ref, "block": art["block"],
+                        "serving": f"{PRODUCTION}@{site}" if f"{PRODUCTION}@{site}" in serving.aliases else PRODUCTION,
+                        "level": diagnosis.get("level"), "reason": art.get("block_reason"),
+                        "site_style": art.get("site_style")}
+    return None
+
+
+def label_free_chapter(engine: Engine, cfg: DemoConfig, say: Progress) -> JobResult | None:
+    """The feedback site's first week, before any label: judged against the baseline's reference; a shift
+    files a distribution_shift report, the policy answers with a request for labels, and the demo plays the
+    person who sends the listed studies for labelling (the labelled weeks that follow are those labels)."""
+    site = cfg.feedback_site
+    with session_scope(engine.url, read_only=True) as s:
+        if repo.list_datasets(s, role=DatasetRole.unlabelled, site=site):
+            say("label-free", f"{site} week 1 without labels already judged (see `decide monitor drift {site}`)")
+            return None
+    say("label-free", f"{site} week 1 arrives without labels ({cfg.per_week} studies): drift tests, estimates "
+                      "and out-of-distribution share against the baseline's reference")
+    job = monitor_pass(engine, cfg.model, f"phantom:{site}", site, index=0, per_window=cfg.per_week,
+                       unlabelled=True)
+    say("label-free", job.monitor.record.tests.get("summary", ""))
+    for d in job.pass_summary.decisions:
+        say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
+        if d.status != DecisionStatus.awaiting_approval or job.monitor.report_id != d.report_id:
+            continue
+        reason = (f"played by `decide demo`: the {len(job.monitor.record.moved)} studies listed are sent to "
+                  f"{site}'s radiologists")
+        with session_scope(engine.url) as s:
+            repo.approve_decision(s, d.decision_id, actor=cfg.approver, reason=reason)
+        say("approve", f"decision {d.decision_id}: {cfg.approver} requests the labels ({reason})")
+        for settled in engine.run_pass().decisions:
+            say("decide", f"report {settled.report_id}: {settled.status.value} — {settled.message}")
+    return job
+
+
+def new_site_chapter(engine: Engine, cfg: DemoConfig, say: Progress) -> NewSite:
+    """The new site's first labelled week: monitor what its radiologists audit, treat, and play the person
+    who approves a candidate held for underpowered checks (then settle it)."""
+    site, url = cfg.new_site, engine.url
+    with session_scope(url, read_only=True) as s:
+        baseline = repo.get_version(s, next(v.id for v in repo.list_versions(s, cfg.model) if v.parent_id is None))
+        bound = {d.source.get("site") for d in repo.list_datasets(s, ids=baseline.dataset_ids)
+                 if d.role == DatasetRole.evaluation}
+        replayed = bool(repo.list_datasets(s, role=DatasetRole.feedback, site=site))
+    if site not in bound:
+        why = (f"{site} has no evaluation set bound to {baseline.ref} (a home made before this chapter): "
+               "start from a fresh home to see it")
+        say("onboard", why)
+        return NewSite(site, None, skipped="no evaluation set: " + why)
+    if replayed:
+        say("onboard", f"{site} week 1 already replayed (see `decide reports --site {site}`)")
+        return NewSite(site, None, skipped="already replayed")
+    watch = Watch(*cfg.new_site_watch)
+    say("onboard", f"{site}: a new detector whose look-up table washes films out; its first labelled week, "
+                   f"{cfg.new_site_week} studies, {watch.describe()} audited")
+    job = monitor_pass(engine, cfg.model, f"phantom:{site}", site, index=0, per_window=cfg.new_site_week,
+                       watch=watch)
+    out = NewSite(site, job)
+    for d in job.pass_summary.decisions:
+        say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
+        held = held_run(engine.url, d.decision_id) if d.status == DecisionStatus.awaiting_approval else None
+        if held is None or held.outcome != RunOutcome.held:
+            continue
+        weak = ", ".join(sorted({c["name"].split("@")[0][15:-1] for c in (held.metrics.get("gate") or {})
+                                 .get("checks", []) if c.get("flag") == "underpowered" and c.get("binding", True)}))
+        reason = (f"played by `decide demo`: target met at {site}; {weak or 'some checks'} underpowered there "
+                  "with no significant harm — accepted for this site")
+        with session_scope(url) as s:
+            repo.approve_decision(s, d.decision_id, actor=cfg.approver, reason=reason)
+        out.approvals.append(f"decision {d.decision_id}: {cfg.approver} approves ({reason})")
+        say("approve", out.approvals[-1])
+    if out.approvals:
+        for d in engine.run_pass().decisions:
+            out.settled.append(f"report {d.report_id}: {d.status.value} — {d.message}")
+            say("decide", out.settled[-1])
+    return out
