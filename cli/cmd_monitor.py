@@ -195,6 +195,8 @@ def schedule_cmd(
     per_window: int = PER_WINDOW_OPT,
     max_cost: float | None = MAX_COST_OPT,
     no_run: bool = typer.Option(False, "--no-run", help="Only store the schedule; do not start the scheduler."),
+    unlabelled: bool = typer.Option(False, "--unlabelled", help="Judge each window without reading its labels "
+                                    "(as `monitor run --unlabelled`)."),
     policy: Path | None = POLICY_OPT,
 ) -> None:
     """Store a schedule in the registry, then run every enabled schedule in the foreground until stopped.
@@ -217,9 +219,10 @@ def schedule_cmd(
     feedback_source(source, site, 0, per_window, 32)  # refuses an unknown source kind now, not at the first fire
     with session_scope() as s:
         sc = repo.upsert_schedule(s, name, cron=cron, model=model, source=source, site=site, per_window=per_window,
-                                  max_cost=max_cost)
+                                  max_cost=max_cost, unlabelled=unlabelled)
     nxt = trigger.get_next_fire_time(None, clock.now())
-    console.print(f"schedule [bold]{sc.name}[/] stored: {sc.cron} (UTC) → {sc.model} on {sc.source} at {sc.site}, "
+    console.print(f"schedule [bold]{sc.name}[/] stored: {sc.cron} (UTC) → {sc.model} on {sc.source} at {sc.site}"
+                  f"{' (unlabelled)' if sc.unlabelled else ''}, "
                   f"next window week {sc.next_index + 1}, next fire {nxt:%Y-%m-%d %H:%M:%S}")
     if no_run:
         return
@@ -257,7 +260,8 @@ def schedules_cmd(as_json: bool = JSON_OPT) -> None:
                   "last pass", title="schedules (cron in UTC)")
         for r in rows:
             lp = r["last_pass"]
-            t.add_row(r["name"] + ("" if r["enabled"] else " (disabled)"), r["cron"], r["model"], r["source"],
+            name = r["name"] + ("" if r["enabled"] else " (disabled)") + (" (unlabelled)" if r["unlabelled"] else "")
+            t.add_row(name, r["cron"], r["model"], r["source"],
                       r["site"], str(r["per_window"]), fmt_float(r["max_cost"], 1), str(r["next_index"] + 1),
                       f"{r['next_fire']:%Y-%m-%d %H:%M:%S}" if r["next_fire"] else "—",
                       f"{lp['status'].value} {lp['fire_time']:%Y-%m-%d %H:%M:%S}" if lp else "—")

@@ -231,7 +231,7 @@ class Scheduler:
 
         result = monitor_pass(self.engine(), schedule.model, schedule.source, schedule.site, index=index,
                               per_window=schedule.per_window, max_cost=schedule.max_cost,
-                              stale_after=timedelta(seconds=self.stale_seconds))
+                              stale_after=timedelta(seconds=self.stale_seconds), unlabelled=schedule.unlabelled)
         return job_summary(result)
 
     # -- one fire ------------------------------------------------------------------------

@@ -37,6 +37,8 @@ class ScheduleEntity:
     created_by: str
     created_at: datetime
     updated_at: datetime
+    #: judge each window without reading its labels (monitoring without labels)
+    unlabelled: bool = False
 
 
 @dataclass(frozen=True)

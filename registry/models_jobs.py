@@ -37,6 +37,8 @@ class ScheduleRow(Base):
     max_cost: Mapped[float | None] = mapped_column(Float)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     next_index: Mapped[int] = mapped_column(Integer, default=0)
+    #: judge each window without reading its labels (`decision.unlabelled`) (0005_label_free)
+    unlabelled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

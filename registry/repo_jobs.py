@@ -39,7 +39,7 @@ from registry.models_jobs import LeaseRow, PassRow, ScheduleRow
 from registry.repo_common import actor_of
 from registry.stale import abandon_silent
 
-_EDITABLE = ("cron", "model", "source", "site", "per_window", "max_cost", "enabled", "next_index")
+_EDITABLE = ("cron", "model", "source", "site", "per_window", "max_cost", "enabled", "next_index", "unlabelled")
 _FINAL = (PassStatus.succeeded, PassStatus.failed, PassStatus.abandoned)
 
 
@@ -59,7 +59,8 @@ def _check_schedule(values: Mapping[str, Any]) -> None:
 
 def upsert_schedule(session: Session, name: str, *, cron: str, model: str, source: str, site: str,
                     per_window: int = 1000, max_cost: float | None = None, enabled: bool = True,
-                    next_index: int | None = None, actor: str | None = None) -> ScheduleEntity:
+                    next_index: int | None = None, unlabelled: bool = False,
+                    actor: str | None = None) -> ScheduleEntity:
     """Create the schedule `name`, or update its fields (`next_index` is kept unless given); audited.
 
     Validates the plain fields (the cron expression is checked by the scheduler,
@@ -71,7 +72,7 @@ def upsert_schedule(session: Session, name: str, *, cron: str, model: str, sourc
         raise InvalidInput("a schedule needs a name of 1 to 128 characters", field="name")
     values = {"cron": cron, "model": model, "source": source, "site": site, "per_window": per_window,
               "max_cost": None if max_cost is None else float(max_cost), "enabled": bool(enabled),
-              "next_index": next_index}
+              "next_index": next_index, "unlabelled": bool(unlabelled)}
     _check_schedule(values)
     who = actor_of(actor)
     now = utcnow()

@@ -10,6 +10,7 @@ Create Date: 2026-12-06
   drift tests, the estimated performance, the out-of-distribution share, the studies that moved most,
   the `distribution_shift` report it filed (if any) and, once labels for the same window arrive, the
   estimate against what was realised.
+* `schedules.unlabelled`: a schedule whose passes judge each window without reading its labels.
 * The issue kind `distribution_shift` and the data set role `unlabelled` need no DDL: kinds and roles are
   stored as text and validated in Python (`cxr/kinds.py`, `registry/entities.py`).
 
@@ -33,6 +34,8 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    # a plain ADD COLUMN on both backends: a batch rebuild of `schedules` would run under its passes' rows
+    op.add_column("schedules", sa.Column("unlabelled", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
         "version_references",
         sa.Column("version_id", sa.Integer(), nullable=False),
@@ -87,3 +90,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_unlabelled_windows_version_id"))
     op.drop_table("unlabelled_windows")
     op.drop_table("version_references")
+    if op.get_bind().dialect.name == "sqlite":  # in place (SQLite ≥ 3.35): no rebuild under the passes' rows
+        op.execute('ALTER TABLE "schedules" DROP COLUMN "unlabelled"')
+    else:
+        with op.batch_alter_table("schedules", schema=None) as batch_op:
+            batch_op.drop_column("unlabelled")

@@ -168,6 +168,21 @@ def test_a_scheduled_pass_monitors_and_treats_on_the_tiny_registry(tiny_home, tm
     assert_versions_complete()
 
 
+def test_an_unlabelled_schedule_judges_its_windows_without_labels(tiny_home):
+    with session_scope() as s:
+        sid = repo.upsert_schedule(s, "label-free", cron="0 6 * * 1", model="cxr", source="phantom:site-e",
+                                   site="site-e", per_window=150, unlabelled=True).id
+        assert repo.get_schedule(s, sid).unlabelled
+    out = Scheduler().run_scheduled_pass(sid, FIRE)
+    assert out.status is PassStatus.succeeded, out.reason
+    with session_scope(read_only=True) as s:
+        [p] = repo.list_passes(s)
+        [window] = repo.list_windows(s, site="site-e")
+        assert [d.role.value for d in repo.list_datasets(s, site="site-e") if "week" in d.name] == ["unlabelled"]
+    assert p.summary["unlabelled"] and p.summary["shifted"] and p.summary["window_id"] == window.id
+    assert p.summary["report_id"] == window.report_id and window.n_studies == 150
+
+
 # -- two scheduler processes, one PostgreSQL database ---------------------------------------
 @pytest.fixture
 def pg_url():
