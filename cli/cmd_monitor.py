@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # the jobs and the scheduler import the engine (torch): loade
 SOURCE_HELP = (
     "Where the labelled feedback comes from: phantom:SITE replays the phantom's feedback of SITE one week "
     "at a time (the embedded default); folder:DIR[:CSV] reads a folder of labelled studies (CSV of labels, "
-    "default DIR/labels.csv); nih:DIR reads NIH ChestX-ray14 images and metadata."
+    "default DIR/labels.csv); nih:DIR reads NIH ChestX-ray14 images and metadata; films:DIR reads a folder of "
+    "films without labels (PNG, JPEG, DICOM: with --unlabelled only)."
 )
 SITE_HELP = "The hospital/site whose feedback this is (reports and treatments are per site)."
 MODEL_OPT = typer.Option("cxr", "--model", help="Registered model whose production version is watched.")

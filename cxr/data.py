@@ -27,7 +27,7 @@ import numpy as np
 
 from cxr.errors import InvalidInput
 from cxr.files import atomic_write
-from cxr.images import load_image_file
+from cxr.images import list_films, load_image_file
 from cxr.phantom import PhantomConfig, generate, to_model_input
 from cxr.spec import XRV_PATHOLOGIES, Preprocessing
 
@@ -210,6 +210,26 @@ def folder_dataset(folder: str | Path, csv_path: str | Path, resolution: int, na
         views=table.views,
         provenance={"kind": "folder", "csv": Path(csv_path).name},
         loader=_file_loader(table.paths, resolution),
+    )
+
+
+def films_dataset(folder: str | Path, resolution: int, name: str | None = None) -> CXRDataset:
+    """The films (PNG, JPEG or DICOM, by suffix) directly in `folder`, without labels: a window of a site's
+    studies for the label-free monitor. Every output is unknown (no label columns). The digest covers each
+    file's name, size and modification time, so a film replaced under the same name is another data set."""
+    from cxr.dicom import header_info
+
+    paths = list_films(folder)
+    ids = tuple(p.name for p in paths)
+    files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
+    # DICOM headers say what a study is (Modality, body part, view): the OOD checks read them per study
+    dicom = {p.name: info for p in paths if p.suffix.lower() in (".dcm", ".dicom") and (info := header_info(p))}
+    views = tuple(dicom.get(i, {}).get("ViewPosition", "") for i in ids)
+    return CXRDataset(
+        name=name or Path(folder).name, resolution=resolution, label_names=(),
+        labels=np.zeros((len(paths), 0), dtype=np.float32), image_ids=ids, patient_ids=ids,
+        sites=("",) * len(paths), views=views, provenance={"kind": "films", "files": files, "dicom": dicom},
+        loader=_file_loader(paths, resolution),
     )
 
 

@@ -89,6 +89,21 @@ def _min_max(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=np.float64)
 
 
+def header_info(path: str | Path) -> dict[str, str] | None:
+    """The technical attributes `read_dicom` reports (Modality, ViewPosition, …), read from the header alone;
+    None when `path` is not a readable DICOM file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(Path(path), stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return {k: str(ds.get(k)) for k in _INFO_KEYS if ds.get(k) not in (None, "")}
+
+
 def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Read one DICOM film: (H × W float32 in [0, 1], 0 = black; technical info for the report).
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from cxr.data import CXRDataset, folder_dataset, nih_dataset, phantom_dataset, split_by_patient
+from cxr.data import CXRDataset, films_dataset, folder_dataset, nih_dataset, phantom_dataset, split_by_patient
 from cxr.errors import InvalidInput
 from cxr.phantom import SPLITS, PhantomConfig
 
-HELP = "phantom:SITE | folder:DIR[:CSV] | nih:DIR"
+HELP = "phantom:SITE | folder:DIR[:CSV] | nih:DIR | films:DIR (no labels: the label-free monitor)"
 #: the split name for every row of a folder or NIH source
 ALL = "all"
 
@@ -35,6 +35,11 @@ def open_source(
 ) -> CXRDataset:
     """Open `source` and return the rows of `split` (at most `n` of them)."""
     kind, _, rest = source.partition(":")
+    if kind == "films":  # unlabelled films: one window, never split
+        if not rest:
+            raise InvalidInput(f"expected {HELP}", field="source")
+        ds = films_dataset(rest, resolution)
+        return ds.subset(range(min(n, len(ds)))) if n else ds
     if split not in SPLITS and not (split == ALL and kind in ("folder", "nih")):
         extra = f" (or {ALL!r} for folder and nih sources)" if kind != "phantom" else ""
         raise InvalidInput(f"unknown split {split!r}; choose one of {list(SPLITS)}{extra}", field="split")
@@ -69,14 +74,16 @@ def recorded_source(source: str, *, resolution: int, split: str, n: int | None, 
         folder, _, csv = rest.partition(":")
         return {"kind": kind, "folder": str(Path(folder).expanduser().resolve()), "csv": csv or None,
                 "split": split, "n": n, "resolution": resolution, "seed": seed}
+    if kind == "films":
+        return {"kind": "films", "folder": str(Path(rest).expanduser().resolve()), "n": n, "resolution": resolution}
     raise InvalidInput(f"unknown source {source!r}; expected {HELP}", field="source")
 
 
 def open_recorded(source: dict, cache_dir: str | Path | None = None) -> CXRDataset:
     """Re-open a data set from the `source` dict recorded with it in the registry.
 
-    Keys: kind (phantom | folder | nih), resolution, and per kind: phantom — site, split,
-    n, seed, missing_sign_rate; folder — folder, csv; nih — folder; any kind — split and
+    Keys: kind (phantom | folder | nih | films), resolution, and per kind: phantom — site, split,
+    n, seed, missing_sign_rate; folder — folder, csv; nih — folder; films — folder; any kind — split and
     seed for a patient split (non-phantom), and rows [start, stop) for a slice (e.g. one
     week of feedback). The caller compares the digest with the recorded one.
     """
@@ -88,6 +95,8 @@ def open_recorded(source: dict, cache_dir: str | Path | None = None) -> CXRDatas
             seed=int(source.get("seed", 0)), missing_sign_rate=float(source.get("missing_sign_rate", 0.10)),
         )
         ds = phantom_dataset(cfg, cache_dir=cache_dir)
+    elif kind == "films":
+        ds = open_source(f"films:{source['folder']}", resolution=res, n=source.get("n"))
     elif kind in ("folder", "nih"):
         spec = f"{kind}:{source['folder']}" + (f":{source['csv']}" if source.get("csv") else "")
         ds = open_source(spec, resolution=res, split=source.get("split", "train"), n=source.get("n"),

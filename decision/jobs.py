@@ -116,6 +116,11 @@ def feedback_source(source: str, site: str, index: int, per_window: int, resolut
                "missing_sign_rate": 0.10, "name": f"{_week_prefix(site)}{index + 1}",
                "window": [start.isoformat(), end.isoformat()]}  # read back by `phantom_epoch`
         return src, Window(index, start, end)
+    if kind == "films":  # a folder of unlabelled films: one window ending now
+        now = clock.now().replace(microsecond=0)
+        src = {"kind": "films", "folder": str(Path(rest).expanduser().resolve()), "resolution": resolution,
+               "site": site, "name": f"films-{site}-{now:%Y%m%d}"}
+        return src, Window(index, now - timedelta(days=7), now)
     if kind in ("folder", "nih"):
         folder, _, csv = rest.partition(":")
         now = clock.now().replace(microsecond=0)
@@ -123,8 +128,8 @@ def feedback_source(source: str, site: str, index: int, per_window: int, resolut
         src = {"kind": kind, "folder": folder, "csv": csv or None, "split": "all", "resolution": resolution,
                "seed": seed, "site": site, "name": f"feedback-{site}-{now:%Y%m%d}"}
         return src, Window(index, now - timedelta(days=7), now)
-    raise InvalidInput(f"unknown feedback source {source!r}; expected phantom:SITE, folder:DIR[:CSV] or nih:DIR",
-                       field="source")
+    raise InvalidInput(f"unknown feedback source {source!r}; expected phantom:SITE, folder:DIR[:CSV], nih:DIR or "
+                       "films:DIR", field="source")
 
 
 @dataclass
@@ -241,6 +246,8 @@ def monitor_pass(engine: Engine, model: str, source: str, site: str, *, index: i
     from cxr.spec import ArchSpec
 
     resolution = ArchSpec.from_json(prod.spec_json).resolution
+    if source.startswith("films:") and not unlabelled:
+        raise InvalidInput(f"{source} holds films without labels: monitor it with --unlabelled", field="source")
     epoch = phantom_epoch(site, engine.url) if source.startswith("phantom") else None
     src, window = feedback_source(source, site, index, per_window, resolution, epoch=epoch)
     ds = open_recorded(src, cache_dir=Path(engine.home) / "cache")

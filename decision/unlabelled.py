@@ -101,7 +101,9 @@ def assess_unlabelled(engine: Any, model: str, ds: CXRDataset, source: dict[str,
         notes.append(f"OOD checks at a {rate:.2%} false-alarm rate: the reference's held-out split cannot promise "
                      f"{lf.ood_rate:.2%}")
     stats = [pixel_stats(img[0]) for img in _images(ds)]
-    ood = assess_studies(ref.ood, feats, images=stats, probabilities=probs, rate=rate)
+    dicom = ds.provenance.get("dicom") or {}  # films:DIR reads each DICOM header (cxr.data.films_dataset)
+    ood = assess_studies(ref.ood, feats, images=stats, metadata=[dicom.get(i) for i in ds.image_ids],
+                         probabilities=probs, rate=rate)
     drift = None
     if len(ds) >= lf.min_window:
         drift = window_drift(ref.drift, probs, feats, rng=np.random.default_rng(seed), alpha=lf.alpha,

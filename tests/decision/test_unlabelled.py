@@ -101,3 +101,30 @@ def test_labels_for_the_window_check_its_estimate_and_contradict_it_under_concep
     with session_scope(tiny_home.url, read_only=True) as s:
         [rec] = repo.list_windows(s, site="site-a")
     assert rec.realised["contradicted"] == told.realised["contradicted"]
+
+
+def test_a_folder_of_unlabelled_films_dicom_included_is_judged_and_a_ct_is_counted_outside(tiny_home, tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from cxr.errors import InvalidInput
+    from cxr.images import write_folder
+
+    ds = open_recorded({"kind": "phantom", "site": "site-a", "split": "feedback", "n": 60, "resolution": 32,
+                        "seed": 0, "missing_sign_rate": 0.1}, cache_dir=tiny_home.home / "cache")
+    labels = write_folder(ds, tmp_path / "window")
+    films = labels.parent / "images"
+    labels.unlink()  # films without labels
+    shutil.copy(get_testdata_file("CT_small.dcm"), films / "ct.dcm")
+    engine = Engine(tiny_home.url, tiny_home.home, load_policy())
+    with pytest.raises(InvalidInput, match="--unlabelled"):
+        monitor_pass(engine, "cxr", f"films:{films}", "site-a", treat=False)
+    u = monitor_pass(engine, "cxr", f"films:{films}", "site-a", unlabelled=True, treat=False).monitor
+    assert u.record.n_studies == 61 and u.record.ood["flags"].get("not_radiograph") == 1
+    names = sorted(p.name for p in films.iterdir())  # the order the folder is read in
+    ct = u.ood[names.index("ct.dcm")]
+    assert ct.outside and "Modality CT" in " ".join(ct.reasons)
+    with session_scope(tiny_home.url, read_only=True) as s:
+        assert [d.role.value for d in repo.list_datasets(s, site="site-a") if d.name.startswith("films-")] == [
+            "unlabelled"]
