@@ -19,7 +19,9 @@ from cxr.data import CXRDataset, films_dataset, folder_dataset, nih_dataset, pha
 from cxr.errors import InvalidInput
 from cxr.phantom import SPLITS, PhantomConfig
 
-HELP = "phantom:SITE | folder:DIR[:CSV] | nih:DIR | films:DIR (no labels: the label-free monitor)"
+#: the sources that carry labels (what training and a labelled pass accept)
+LABELLED_HELP = "phantom:SITE | folder:DIR[:CSV] | nih:DIR"
+HELP = f"{LABELLED_HELP} | films:DIR (no labels: the label-free monitor)"
 #: the split name for every row of a folder or NIH source
 ALL = "all"
 

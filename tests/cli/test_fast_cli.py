@@ -115,10 +115,10 @@ def test_the_head_revision_read_from_the_files_is_alembics():
 def test_help_texts_copied_for_speed_match_their_sources():
     from cli import cmd_imaging
     from cxr.phantom import SPLITS
-    from cxr.sources import HELP
+    from cxr.sources import LABELLED_HELP
     from cxr.spec import PRESETS
 
-    assert cmd_imaging.SPLITS == SPLITS and cmd_imaging.SOURCE_HELP == HELP
+    assert cmd_imaging.SPLITS == SPLITS and cmd_imaging.SOURCE_HELP == LABELLED_HELP
     assert cmd_imaging.PRESETS == tuple(PRESETS)
 
 
