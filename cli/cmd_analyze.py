@@ -224,6 +224,9 @@ def findings_cmd(
     Example: decide findings film.dcm --version cxr@production --out film.html
 
     Self-contained HTML (images inline), readable on a phone and printable. Decision support, never a diagnosis.
+    Each page opens with a banner when the film lies outside what the version was validated on (its reference
+    statistics, at the policy's per-study OOD rate); a film that is no frontal chest radiograph (DICOM header)
+    or is degenerate gets no findings, only the banner.
     """
     from decision.documents.clinical_run import report_films, report_from_error_report
 
@@ -238,6 +241,14 @@ def findings_cmd(
 
     def render() -> None:
         for s in res["studies"]:
+            ood = s.get("ood") or {}
+            if s.get("withheld"):  # not a chest film or degenerate: no finding was computed
+                console.print(f"[bold]{esc(s['study'])}[/]: [bold red]no findings — {esc(s['withheld'])}[/]")
+                continue
+            if ood.get("outside"):
+                console.print(f"[bold]{esc(s['study'])}[/]: [bold yellow]⚠ outside what {esc(res['version'])} was "
+                              f"validated on: {esc('; '.join(ood['reasons']))}; the findings below may be "
+                              "meaningless[/]")
             calls = ", ".join(f"{f['pathology']} {f['probability']:.2f}" + (f" ({f['region']})" if f["region"] else "")
                               for f in s["findings"]) or "no positive finding"
             line = f"[bold]{esc(s['study'])}[/]: {esc(calls)}"
@@ -247,6 +258,9 @@ def findings_cmd(
             for f in s["findings"]:
                 for w in f["warnings"]:
                     console.print(f"  [yellow]⚠ {esc(f['pathology'])}: {esc(w)}[/]")
+        for note in dict.fromkeys((s.get("ood") or {}).get("note") for s in res["studies"]):
+            if note:
+                console.print(f"[yellow]{esc(note)}[/]")
         for _path, reason in res["failed"]:
             err_console.print(f"[yellow]not read:[/] {esc(reason)}")
         console.print(f"{len(res['studies'])} stud{'y' if len(res['studies']) == 1 else 'ies'} by {res['version']}"

@@ -170,14 +170,31 @@ def predict_cmd(
     table leads with the findings called at an operating point; outputs the version has no operating
     point for were never validated and are not shown (`--all` lists them apart; `--json` marks each
     output `validated` or not).
+
+    Before any finding, each study is checked against what the version was validated on (its reference
+    statistics, at the policy's per-study false-alarm rate). A DICOM whose header says it is not a frontal
+    chest radiograph (a CT, a lateral, a spine) or a degenerate image (constant, saturated) is not scored:
+    no finding is shown. A study only far from the reference keeps its findings under an "outside" warning.
+    `--json` gives each study's `ood` verdict and, for a withheld one, `withheld` (its calls are null).
     """
     from cxr.images import read_batch
     from cxr.weights import load_model
     from decision.registration import load_thresholds
-    from decision.scoring import expand_inputs, load_version, refuse_failures, score_images, score_rows
+    from decision.scoring import (
+        expand_inputs,
+        load_version,
+        ood_check,
+        pct,
+        policy_ood_rate,
+        refuse_failures,
+        score_images,
+        score_rows,
+    )
 
     if (weights is None) == (version is None):
         raise InvalidInput("give exactly one of --weights FILE or --version REF", field="weights")
+    rate = policy_ood_rate()
+    loaded = None
     if weights is not None:
         model, _w = load_model(weights)
         sibling = weights.with_suffix(".thresholds.json")
@@ -188,8 +205,11 @@ def predict_cmd(
         model, thresholds, ref = loaded.weights.model(), loaded.thresholds, loaded.ref
     batch = read_batch(expand_inputs(images), model.spec.resolution)
     refuse_failures(batch, keep_going)
-    probs, _feats = score_images(model, batch.images)
-    rows = score_rows(batch.paths, probs, model.spec.pathologies, thresholds)
+    probs, feats = score_images(model, batch.images)
+    check = ood_check(loaded, rate)
+    verdicts = check.assess(feats, images=batch.images, probabilities=probs,
+                            metadata=[f.info if f.format == "DICOM" else None for f in batch.films])
+    rows = score_rows(batch.paths, probs, model.spec.pathologies, thresholds, verdicts)
     for r in rows:
         if ref:
             r["version"], r["site"] = ref, site
@@ -200,29 +220,53 @@ def predict_cmd(
         head = (f"top {top} findings at the operating points (probability, + = positive)" if validated else
                 f"top {top} outputs (probability; no operating points: nothing is called, nothing validated)")
         t = Table("image", head, *(["not validated"] if validated and show_all else []),
+                  f"outside what {ref or 'the model'} was validated on?",
                   title=f"{len(batch.paths)} image(s)" + (f" scored by {ref}" if ref else "")
                   + (f" at {site}" if site else ""))
         hidden = 0
-        for r in rows:
-            if r["scores"] is None:
-                continue
+        for r, verdict in zip(rows, verdicts, strict=False):
             shown = [(k, v) for k, v in r["scores"].items() if v["validated"] or not validated][:top]
-            cells = [Path(r["path"]).name, ", ".join(
+            cells = [esc(Path(r["path"]).name), ", ".join(
                 f"{k} {fmt_float(v['probability'])}{' +' if v['positive'] else ''}" for k, v in shown)]
+            if verdict.withheld:
+                cells[1] = f"[bold red]{esc(verdict.withheld)}[/]"
             if validated and show_all:
-                cells.append(", ".join(f"{k} {fmt_float(r['scores'][k]['probability'])}" for k in r["not_validated"]))
+                cells.append("" if verdict.withheld else
+                             ", ".join(f"{k} {fmt_float(r['scores'][k]['probability'])}" for k in r["not_validated"]))
+            cells.append(_ood_cell(verdict))
             hidden = max(hidden, len(r["not_validated"]))
             t.add_row(*cells)
         console.print(t)
         if validated and hidden and not show_all:
             console.print(f"[dim]{hidden} output(s) without an operating point are not shown: the version was never "
                           "validated on them (--all lists them apart; --json has every probability).[/]")
+        if check.note:
+            console.print(f"[yellow]{esc(check.note)}[/]")
+        if any(v.outside for v in verdicts):
+            what = (f"unlike the films {ref} was calibrated on (at a {pct(check.rate)} per-study false-alarm "
+                    "rate), no frontal chest radiograph, or degenerate" if check.rate is not None else
+                    "no frontal chest radiograph (DICOM header), or degenerate")
+            console.print(f"[dim]outside: the study is {what}; the findings of an outside study may be "
+                          "meaningless, and those of a withheld one are not shown (--json has every reason).[/]")
         for _path, reason in batch.failures:  # the reason names the file
             err_console.print(f"[yellow]not scored:[/] {esc(reason)}")
 
     emit(rows, as_json, render)
     if batch.failures:
         raise typer.Exit(1)
+
+
+def _ood_cell(verdict) -> str:
+    """The table's OOD cell: "outside" with the first reason not already given as the withheld reason."""
+    if not verdict.outside:
+        return "" if verdict.checked else "[dim]no reference statistics: not checked[/]"
+    shown = verdict.withheld or ""
+    rest = [r for r in verdict.short_reasons() if r not in shown]
+    if verdict.withheld:
+        also = f"; also {esc(rest[0])}" if rest else "" if verdict.checked else " (distances not checked)"
+        return "[bold red]outside[/]" + also
+    more = f" (+{len(rest) - 1} more)" if len(rest) > 1 else ""
+    return f"[bold yellow]outside:[/] {esc(rest[0])}{more}"
 
 
 @commands.command("explain")

@@ -3,6 +3,10 @@
 For each study (a film file, or a film of a registered data set that an error report names) and a
 registered version at its operating points (per site when asked):
 
+* first, whether the study lies **outside what the version was validated on** (`decision.scoring.OodCheck`:
+  the version's reference statistics, the DICOM header, degenerate input). A study that is no frontal chest
+  radiograph, or is degenerate, is **withheld**: no finding is computed or shown, only the reasons. One only
+  far from the reference keeps its findings under a banner that says they may be meaningless;
 * every pathology's probability against the operating point, called positive when it reaches it;
 * the findings **excluded or down-weighted** because a mutually exclusive finding is far more
   certain (`cxr.labelstats.EXCLUSION_RULE`, with the Jaccard of the reference label statistics it
@@ -23,7 +27,7 @@ renders them. Nothing here is a diagnosis: it is a model's output, explained.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +35,9 @@ import numpy as np
 
 from cxr.channels import ChannelAnalysis, polarized_channels, top_contributions
 from cxr.labelstats import EXCLUSION_RULE, LabelStats, exclusions, log_odds_margin
+from cxr.ood import DEFAULT_RATE
 from cxr.regions import BORDER, Region, locate
-from decision.scoring import LoadedVersion, score_images
+from decision.scoring import LoadedVersion, OodCheck, OodVerdict, score_images
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,13 @@ class StudyView:
     excluded: list[FindingView]
     others: list[FindingView]  # negative and uncalled, highest probability first
     layer: str
+    #: outside what the version was validated on? (None: not assessed, for callers that build views by hand)
+    ood: OodVerdict | None = None
+
+    @property
+    def withheld(self) -> str | None:
+        """Why no finding is shown (not a chest film, degenerate input), or None."""
+        return self.ood.withheld if self.ood is not None else None
 
     @property
     def warnings(self) -> list[str]:
@@ -89,7 +101,8 @@ class StudyView:
         return {"study": self.study_id, "source": self.source, "film": self.film, "layer": self.layer,
                 "findings": [one(f) for f in self.findings], "excluded": [one(f) for f in self.excluded],
                 "others": [{"pathology": f.pathology, "probability": f.probability, "threshold": f.threshold,
-                            "call": f.call} for f in self.others]}
+                            "call": f.call} for f in self.others],
+                "ood": self.ood.as_dict() if self.ood is not None else None, "withheld": self.withheld}
 
 
 @dataclass(frozen=True)
@@ -199,11 +212,15 @@ def _channel_rows(weight_row: np.ndarray, feats: np.ndarray, pathology: str, pol
 
 def build_studies(loaded: LoadedVersion, images: np.ndarray, study_ids: Sequence[str], sources: Sequence[str],
                   films: Sequence[str], stats: LabelStats, *, film_pixels: Sequence[np.ndarray | None] | None = None,
-                  layer: str = "auto") -> list[StudyView]:
-    """Score, apply the exclusion rule, explain each positive finding. `images`: (N, 1, R, R) model input.
+                  layer: str = "auto", ood: OodCheck | None = None,
+                  metadata: Sequence[Mapping[str, Any] | None] | None = None) -> list[StudyView]:
+    """Check each study against the version's reference, then score, apply the exclusion rule and explain each
+    positive finding of the studies not withheld. `images`: (N, 1, R, R) model input.
 
     `film_pixels` (optional, per study): the original film in [-1024, 1024], drawn under the
-    maps at a readable size; without it the model input is shown.
+    maps at a readable size; without it the model input is shown. `ood`: the check to run
+    (`decision.scoring.ood_check`); None runs the checks that need no reference and says "not checked".
+    `metadata` (per study): the DICOM header (`Film.info`), None for PNG/JPEG.
     """
     from cxr.gradcam import auto_layer, grad_cam
 
@@ -212,6 +229,8 @@ def build_studies(loaded: LoadedVersion, images: np.ndarray, study_ids: Sequence
     names = list(model.spec.pathologies)
     weight = model.classifier.weight.detach().numpy()
     probs, feats = score_images(model, images)
+    check = ood or OodCheck.unavailable("no reference was given to the report", DEFAULT_RATE)
+    verdicts = check.assess(feats, images=images, metadata=metadata, probabilities=probs)
     masked, _ = score_images(model, mask_border(images))
     try:
         polar = polarized_channels(weight, names, stats)
@@ -225,6 +244,10 @@ def build_studies(loaded: LoadedVersion, images: np.ndarray, study_ids: Sequence
         p = {n: float(probs[i, j]) for j, n in enumerate(names) if n}
         excl = exclusions(p, thr, stats)
         display = _display(images[i], pixels[i])
+        if verdicts[i].withheld:  # not a chest film, or degenerate: nothing of it is a finding
+            out.append(StudyView(str(sid), str(sources[i]), str(films[i]), _film_png(display), [], [], [], layer,
+                                 verdicts[i]))
+            continue
         findings, excluded, others = [], [], []
         for n, prob in sorted(p.items(), key=lambda kv: -kv[1]):
             t = thr.get(n)
@@ -256,5 +279,5 @@ def build_studies(loaded: LoadedVersion, images: np.ndarray, study_ids: Sequence
                 _overlay_png(display, exp.maps[0], f"{n} p={prob:.2f} (t={t:.2f})"),
                 _channel_rows(weight[j], feats[i], n, polar), warns, p_masked))
         out.append(StudyView(str(sid), str(sources[i]), str(films[i]), _film_png(display), findings, excluded,
-                             others, layer))
+                             others, layer, verdicts[i]))
     return out

@@ -18,6 +18,7 @@ from typing import Any
 from cxr.files import atomic_write
 from decision.documents.clinical import DISCLAIMER, UNIFORM_BORDER_MASS, FindingView, StudyView, VersionView
 from decision.documents.registry_html import SCRIPT
+from decision.scoring import pct
 
 CSS = """
 *{box-sizing:border-box}
@@ -32,6 +33,8 @@ img{max-width:100%;height:auto;border:1px solid #eceff1}
 .finding figure{margin:0;flex:0 1 340px}.finding .facts{flex:1 1 260px;min-width:0}
 .pos{color:#c62828;font-weight:600}.down{color:#ef6c00;font-weight:600}.muted{color:#78909c}
 .warn{background:#fff3e0;border-left:4px solid #ef6c00;padding:.4em .6em;margin:.4em 0}
+.ood{background:#ffebee;border:2px solid #c62828;border-radius:6px;padding:.6em .8em;margin:.6em 0}
+.ood h2{border:0;margin:.1em 0;color:#b71c1c}.ood ul{margin:.3em 0}
 .disclaimer{background:#eceff1;border-left:4px solid #546e7a;padding:.6em;margin-top:1.5em}
 footer{margin-top:2em;font-size:.9em}
 @media print{body{max-width:none;font-size:11pt}.finding,figure,table,.disclaimer{break-inside:avoid}
@@ -126,15 +129,49 @@ def _footer(v: VersionView) -> str:
             + f"<p class='disclaimer' id='disclaimer'>{_e(DISCLAIMER)}</p></footer>")
 
 
+def _ood(study: StudyView, version: VersionView) -> str:
+    """The top of the page, before any finding: a banner when the study lies outside what the version was
+    validated on (its findings withheld, or shown but possibly meaningless), else one line saying what was
+    checked, or that nothing could be."""
+    v = study.ood
+    if v is None:
+        return ""
+    note = f"<p class='muted'>{_e(v.note)}</p>" if v.note else ""
+    if not v.outside:
+        if not v.checked:
+            return f"<p class='muted' id='ood-note'>Not checked against what {_e(version.ref)} was validated on.</p>" \
+                + note
+        a = v.assessment
+        return (f"<p class='muted' id='ood-note'>Within what {_e(version.ref)} was validated on: feature distance "
+                f"{a.distance:.3g} ≤ cut-off {a.cutoff:.3g} at a {pct(a.rate)} per-study false-alarm rate.</p>" + note)
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in v.plain_reasons())
+    if study.withheld:
+        header = set(v.assessment.flags) & {"not_radiograph", "not_chest", "not_frontal"}
+        why = ("the model was validated on frontal chest radiographs, and the DICOM header does not say this study "
+               "is one" if header else "the input is degenerate: whatever the model outputs for it says nothing "
+               "about the patient")
+        then = f"<p><b>No finding is shown</b>: {why}.</p>"
+    else:
+        then = "<p><b>The findings below may be meaningless.</b></p>"
+    rate = (f"<p class='muted'>Films like those {_e(v.reference)} was calibrated on are flagged by its distance "
+            f"checks at most {pct(v.assessment.rate)} of the time.</p>" if v.checked else "")
+    return (f"<section class='ood' id='ood-banner' role='alert'><h2>Caution: outside the model's validation</h2>"
+            f"<p>This film lies outside what {_e(version.ref)} was validated on:</p><ul>{reasons}</ul>"
+            f"{then}{rate}{note}</section>")
+
+
 def study_page(study: StudyView, version: VersionView, *, index_href: str | None = None) -> str:
-    """One study as a complete HTML page."""
+    """One study as a complete HTML page: the OOD banner first, then the film, the findings and the footer."""
     head = [f"<p class='noprint'><a href='{_e(index_href)}'>← all studies</a></p>" if index_href else "",
             f"<h1>Study {_e(study.study_id)}</h1>",
             f"<p class='muted'>{_e(study.source)} · {_e(study.film)} · scored by {_e(version.ref)}"
             + (f" at {_e(version.site)}" if version.site else "") + f" · Grad-CAM at {_e(study.layer)}</p>",
+            _ood(study, version),
             "<p id='image-check' class='muted'>images not checked yet</p>",
             f"<figure>{_img(study.image_png, 'the film', 'film')}<figcaption class='muted'>the film as read "
             "(center crop)</figcaption></figure>"]
+    if study.withheld:
+        return _page(f"Study {study.study_id} — {version.ref}", "".join(head) + _footer(version))
     body = ["<h2>Findings</h2>"]
     if study.findings:
         body += [_finding(f, k, version) for k, f in enumerate(study.findings)]
@@ -184,12 +221,15 @@ def write_batch(studies: Sequence[StudyView], version: VersionView, out_dir: Pat
         pages.append(page)
         calls = ", ".join(f"{f.pathology} {f.probability:.2f}" + (" (down-weighted)" if f.call == "down-weighted"
                                                                    else "") for f in s.findings) or "none"
-        rows.append([f"<a href='{_e(page.name)}'>{_e(s.study_id)}</a>", _e(calls),
+        outside = "—" if s.ood is None else ("not checked" if not s.ood.outside and not s.ood.checked else
+                                             "; ".join(s.ood.short_reasons()) or "no")
+        rows.append([f"<a href='{_e(page.name)}'>{_e(s.study_id)}</a>", _e(s.withheld or calls), _e(outside),
                      _e(", ".join(f.pathology for f in s.excluded) or "—"), _e(len(s.warnings) or "—")])
     body = [f"<h1>{_e(title)}</h1>", f"<p class='muted'>{len(studies)} studies scored by {_e(version.ref)}"
             + (f" at {_e(version.site)}" if version.site else "") + "</p>",
             "<p id='image-check' class='muted'>images not checked yet</p>",
-            _table(["study", "positive findings", "excluded", "warnings"], rows)]
+            _table(["study", "positive findings", f"outside what {version.ref} was validated on", "excluded",
+                    "warnings"], rows)]
     if failures:
         body.append("<h2>Not read</h2>" + _table(["file", "reason"], [[_e(f), _e(r)] for f, r in failures]))
     body.append(f"<p class='disclaimer' id='disclaimer'>{_e(DISCLAIMER)}</p>")

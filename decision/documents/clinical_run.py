@@ -5,6 +5,10 @@ unless `keep_going`), score them with a registered version. An error report: its
 (image ids) are looked up in the site's registered feedback sets (`decision.documents.case_maps.find_films`)
 and explained under the version the report is about, unless another is asked for. One study
 gives one page; several give one page each and an index. Returns plain JSON-ready data.
+
+Every study is first checked against what the version was validated on (`decision.scoring.ood_check`: the
+version's reference statistics at the policy's per-study rate, `rate`): its page opens with a banner when it
+lies outside, and a study that is no chest film (DICOM header) or is degenerate gets no findings at all.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from cxr.images import read_batch
 from cxr.labelstats import nih_reference_stats
 from decision.documents.clinical import StudyView, build_studies, version_view
 from decision.documents.clinical_html import write_batch, write_study
-from decision.scoring import LoadedVersion, expand_inputs, load_version, refuse_failures
+from decision.scoring import LoadedVersion, expand_inputs, load_version, ood_check, policy_ood_rate, refuse_failures
 
 SINGLE_DEFAULT, BATCH_DEFAULT = Path("clinical-report.html"), Path("clinical-reports")
 
@@ -40,22 +44,26 @@ def _write(studies: list[StudyView], loaded: LoadedVersion, out: Path | None, ti
 
 
 def report_films(films: Sequence[str | Path], *, version: str = "cxr@production", site: str | None = None,
-                 out: Path | None = None, keep_going: bool = False) -> dict[str, Any]:
+                 out: Path | None = None, keep_going: bool = False, rate: float | None = None) -> dict[str, Any]:
     """Report on film files (folders expand to their image files). Raises `InvalidInput` for unreadable films
-    unless `keep_going` (then they are listed under `failed`)."""
+    unless `keep_going` (then they are listed under `failed`). `rate`: the per-study OOD false-alarm rate
+    (default: the policy's `label_free.ood_rate`)."""
     loaded = load_version(version, site=site)
     batch = read_batch(expand_inputs(films), loaded.weights.spec.resolution)
     refuse_failures(batch, keep_going)
     stats = nih_reference_stats()
+    check = ood_check(loaded, policy_ood_rate() if rate is None else rate)
     studies = build_studies(loaded, batch.images, [Path(p).stem for p in batch.paths], batch.paths,
-                            [f.describe() for f in batch.films], stats, film_pixels=[f.pixels for f in batch.films])
+                            [f.describe() for f in batch.films], stats, film_pixels=[f.pixels for f in batch.films],
+                            ood=check, metadata=[f.info if f.format == "DICOM" else None for f in batch.films])
     return _write(studies, loaded, out, f"Clinical reports: {len(studies)} studies", batch.failures)
 
 
 def report_from_error_report(report_id: int, *, version: str | None = None, site: str | None = None,
-                             out: Path | None = None, max_cases: int = 10) -> dict[str, Any]:
+                             out: Path | None = None, max_cases: int = 10, rate: float | None = None
+                             ) -> dict[str, Any]:
     """Report on the first `max_cases` films an error report lists as cases (its worst first), under the
-    report's version (or `version`)."""
+    report's version (or `version`); `rate` as in `report_films`."""
     from decision.catalog import Catalog
     from decision.documents.case_maps import find_films
     from registry import repo
@@ -79,7 +87,7 @@ def report_from_error_report(report_id: int, *, version: str | None = None, site
     sources = [f"case of error report {report_id} ({rep.pathology} {rep.kind.value} at {rep.site}); label "
                f"{label.get(i, '—')}" for i in ids]
     studies = build_studies(loaded, films, ids, sources, [f"registered film, {films.shape[-1]} px"] * len(ids),
-                            nih_reference_stats())
+                            nih_reference_stats(), ood=ood_check(loaded, policy_ood_rate() if rate is None else rate))
     missing = [c["image_id"] for c in cases if c["image_id"] not in set(ids)]
     title = f"Error report {report_id}: {rep.pathology} {rep.kind.value} at {rep.site} — {len(studies)} cases"
     res = _write(studies, loaded, out if out is not None else Path(f"report-{report_id}-cases"), title)

@@ -114,11 +114,23 @@ def test_findings_on_a_dicom_and_a_batch_with_keep_going(tiny_home, tmp_path):
     assert (tmp_path / "batch" / "index.html").is_file()
 
 
+def _phantom_film(tmp_path: Path) -> str:
+    """One site-a phantom film at the tiny model's 32 px: like its calibration split, so it is scored."""
+    from cxr.data import phantom_dataset
+    from cxr.images import write_folder
+    from cxr.phantom import PhantomConfig
+
+    write_folder(phantom_dataset(PhantomConfig(site="site-a", split="evaluation", n=1, resolution=32), workers=1),
+                 tmp_path / "ph")
+    return str(next((tmp_path / "ph" / "images").glob("*.png")))
+
+
 def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path):
     from decision.scoring import load_version
 
-    dcm = get_testdata_file("6154")
+    dcm = _phantom_film(tmp_path)
     rows = _json(_run("predict", dcm, "--version", "cxr@production", "--json"))
+    assert not rows[0]["ood"]["outside"] and rows[0]["withheld"] is None
     thr = load_version("cxr@production").thresholds
     assert rows[0]["version"] == "cxr:1"
     for name, s in rows[0]["scores"].items():
@@ -130,7 +142,8 @@ def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path
     assert unvalidated and order[-len(unvalidated):] == unvalidated == rows[0]["not_validated"]
     called = [rows[0]["scores"][n]["positive"] for n in order if thr.get(n) is not None]
     assert called == sorted(called, reverse=True)
-    table = _run("predict", dcm, "--version", "cxr@production").stdout
+    # wide enough that no header wraps (the table has an "outside what cxr:1 was validated on?" column too)
+    table = runner.invoke(app, ["predict", dcm, "--version", "cxr@production"], env={"COLUMNS": "300"}).stdout
     assert "findings at the operating points" in table and f"{len(unvalidated)} output(s) without" in table
     assert not any(n in table for n in unvalidated)
     assert all(n in _run("predict", dcm, "--version", "cxr@production", "--all").stdout for n in unvalidated)
@@ -141,6 +154,25 @@ def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path
     assert rows[0]["scores"] and rows[1] == {"path": str(bad), "error": f"{bad}: empty file (0 bytes)", "scores": None}
     both = _run("predict", dcm, "--version", "cxr@production", "--weights", "w.safetensors")
     assert both.exit_code == 2 and "exactly one" in both.output
+
+
+def test_predict_and_findings_withhold_a_lateral_cspine_film(tiny_home, tmp_path):
+    """pydicom's `6154` is a real CR, but a lateral cervical-spine film: no chest finding is called on it."""
+    cr = get_testdata_file("6154")
+    [row] = _json(_run("predict", cr, "--version", "cxr@production", "--json"))
+    assert row["ood"]["flags"][:2] == ["not_chest", "not_frontal"]
+    assert row["withheld"] == ("not scored as a chest film: BodyPartExamined CSPINE is not CHEST; ViewPosition LL "
+                               "is a lateral view: the model was validated on frontal (AP/PA) films")
+    assert all(s["positive"] is None for s in row["scores"].values())
+    body = _json(_run("findings", cr, "--out", str(tmp_path / "cr.html"), "--json"))
+    [study] = body["studies"]
+    assert study["withheld"] == row["withheld"] and study["ood"]["flags"] == row["ood"]["flags"]
+    assert study["findings"] == study["excluded"] == study["others"] == []
+    page = (tmp_path / "cr.html").read_text()
+    assert "id='ood-banner'" in page and "BodyPartExamined CSPINE is not CHEST" in page
+    assert "No finding is shown" in page and "<h2>Findings</h2>" not in page and "not a diagnosis" in page
+    table = _run("findings", cr, "--out", str(tmp_path / "cr2.html"))
+    assert "no findings — not scored as a chest film" in " ".join(table.stdout.split())
 
 
 @pytest.mark.slow  # 18 s on 2 busy cores

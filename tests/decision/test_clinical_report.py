@@ -165,3 +165,78 @@ def test_the_shortcut_check_flags_a_call_that_needs_the_films_border(tiny_home, 
     [f] = study.findings
     assert f.probability_border_masked == pytest.approx(float(pm[0, j]), abs=1e-6)
     assert any("border masked out" in w and "rests on the film's edge" in w for w in f.warnings)
+
+
+def _chromium_dom(page: Path, tmp_path: Path) -> str:
+    """The DOM headless Chromium builds from `page` (after its scripts ran); skips as `chromium_image_check`."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    return subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium-dom'}", "--virtual-time-budget=10000", "--dump-dom",
+         page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.slow  # about 40 s on 2 busy cores: a real film's findings, each with its Grad-CAM, and Chromium
+def test_a_real_film_gets_the_ood_banner_before_any_finding_in_chromium(tiny_home, tmp_path):
+    film = NIH / "images" / "00000100_000.png"  # an RGBA 1024² original: nothing like the 32 px phantoms
+    if not film.is_file():
+        pytest.skip(f"the NIH sample films are not at {NIH} (never copied into the repository)")
+    res = report_films([film], version="cxr@production", out=tmp_path / "nih.html")
+    [study] = res["studies"]
+    assert study["ood"]["outside"] and study["ood"]["checked"] and study["withheld"] is None
+    assert study["findings"], "the tiny model calls findings on this film: they must come after the banner"
+    dom = _chromium_dom(tmp_path / "nih.html", tmp_path)
+    banner, first = dom.find('id="ood-banner"'), dom.find('class="finding"')
+    assert 0 <= banner < dom.find("<h2>Findings</h2>") < first, "the banner must precede every finding"
+    assert banner < dom.find('id="film"')  # before the film itself, at the top of the page
+    text = re.sub(r"<[^>]+>", " ", dom[banner:first])
+    assert "This film lies outside what cxr:1 was validated on" in " ".join(text.split())
+    assert "The findings below may be meaningless" in text
+    ok, total, _ = chromium_image_check(tmp_path / "nih.html", tmp_path)
+    assert ok == total == 1 + len(study["findings"])
+
+
+def test_a_ct_slice_gets_the_banner_and_no_findings_and_data_stays_escaped(tiny_home, tmp_path):
+    ct = tmp_path / "ct<1>.dcm"  # a file name that would be markup
+    ct.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    res = report_films([ct], version="cxr@production", out=tmp_path / "ct.html")
+    [study] = res["studies"]
+    assert study["withheld"] == "not scored as a chest film: Modality CT is not a radiograph (CR/DX)"
+    assert study["findings"] == study["excluded"] == study["others"] == []
+    assert study["ood"]["flags"][0] == "not_radiograph" and study["ood"]["reference"] == "cxr:1"
+    page = (tmp_path / "ct.html").read_text()
+    assert "id='ood-banner'" in page and "Modality CT is not a radiograph (CR/DX)" in page
+    assert "No finding is shown" in page and "the DICOM header does not say this study is one" in page
+    assert "<h2>Findings</h2>" not in page and "All other pathologies" not in page and "overlay-" not in page
+    assert "Study ct&lt;1&gt;" in page and "ct<1>" not in page
+    assert 'id="disclaimer"' in page.replace("'", '"')
+
+
+def test_a_study_inside_the_reference_or_not_checked_says_so_without_a_banner(tiny_home, films, tmp_path):
+    from decision.documents.clinical_html import study_page
+    from decision.scoring import OodCheck, ood_check
+
+    loaded = load_version("cxr@production")
+    from cxr.images import load_image_file
+
+    x = load_image_file(films[0], 32)[None]
+    stats = nih_reference_stats()
+    [inside] = build_studies(loaded, x, ["s"], ["f"], ["phantom"], stats, ood=ood_check(loaded, 0.5))
+    assert inside.ood is not None and inside.ood.checked and inside.ood.assessment.rate == 0.5
+    [bare] = build_studies(loaded, x, ["s"], ["f"], ["phantom"], stats, ood=OodCheck.unavailable("test", 0.01))
+    page = study_page(bare, version_view(loaded, stats))
+    assert "Not checked against what cxr:1 was validated on" in page and "no reference statistics" in page
+    assert "ood-banner" not in page and bare.ood is not None and not bare.ood.checked
+    from cxr.ood import StudyAssessment
+    from decision.scoring import OodVerdict
+
+    within = OodVerdict(StudyAssessment(False, False, 1.5, 4.68, 2 / 91, (), ()), True, "cxr:1", 0.01, None)
+    page = study_page(dataclasses.replace(bare, ood=within), version_view(loaded, stats))
+    assert ("Within what cxr:1 was validated on: feature distance 1.5 ≤ cut-off 4.68 at a 2.2 % per-study "
+            "false-alarm rate") in page and "ood-banner" not in page
