@@ -313,3 +313,39 @@ def auroc_history_plot(export: dict[str, Any]) -> bytes | None:
             ax.legend(fontsize=6, loc="lower left")
     fig.suptitle("version AUROC history (versions that held production, in order)", fontsize=10)
     return _png(fig)
+
+
+def drift_plot(export: dict[str, Any]) -> bytes | None:
+    """Each site's unlabelled windows over time (`decide monitor drift`): the strongest drift evidence
+    (−log10 of the smallest Holm-adjusted p; the dashed line is the policy's alpha, a red marker a shifted
+    window) and the share of studies outside the reference."""
+    windows = [w for w in export.get("unlabelled_windows", []) if (w.get("tests") or {}).get("tested")]
+    if not windows:
+        return None
+    import math
+
+    fig = Figure(figsize=(8.5, 4.6))
+    top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    palette = matplotlib.colormaps["tab10"]
+    sites = sorted({w["site"] for w in windows})
+    starts = sorted({str(w["window_start"])[:10] for w in windows})
+    for i, site in enumerate(sites):
+        mine = sorted((w for w in windows if w["site"] == site), key=lambda w: str(w["window_start"]))
+        xs = [starts.index(str(w["window_start"])[:10]) for w in mine]
+        ys = [-math.log10(max(min(t["p_adjusted"] for t in w["tests"]["tests"]), 1e-300)) for w in mine]
+        top.plot(xs, ys, color=palette(i % 10), marker="o", lw=1, label=site)
+        top.scatter([x for x, w in zip(xs, mine, strict=True) if w["shifted"]],
+                    [y for y, w in zip(ys, mine, strict=True) if w["shifted"]], color="#c62828", zorder=3, s=30)
+        bottom.plot(xs, [(w.get("ood") or {}).get("share") or 0.0 for w in mine], color=palette(i % 10),
+                    marker="o", lw=1)
+    alpha = windows[0].get("alpha", 0.05)
+    top.axhline(-math.log10(alpha), ls="--", color="#455a64", lw=0.8)
+    top.set_ylabel("−log10 smallest adjusted p")
+    top.legend(fontsize=7)
+    bottom.set_ylabel("share outside\nthe reference")
+    bottom.set_ylim(0, 1.02)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(range(len(starts)), starts, fontsize=7)
+    fig.suptitle("unlabelled windows per site (red: shifted at the policy's alpha)", fontsize=10)
+    return _png(fig)

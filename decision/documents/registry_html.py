@@ -19,6 +19,7 @@ from cxr.files import atomic_write
 from decision.documents.plots import (
     auroc_history_plot,
     auroc_plots,
+    drift_plot,
     ksweep_plot,
     lineage_plot,
     production_chain,
@@ -188,6 +189,7 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
                  for i, (caption, png) in enumerate(figs)]
         if not figs:
             body.append("<p class='muted'>no report with case evidence whose films are registered</p>")
+    body.append("<h2>Monitoring without labels</h2>" + _label_free_section(export))
     body.append("<h2>Lineage</h2>")
     lineage = lineage_plot(export)
     body.append(_img(lineage, "lineage graph", "lineage") if lineage else "<p class='muted'>no versions</p>")
@@ -203,3 +205,36 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
     out = Path(out_path)
     atomic_write(out, page.encode("utf-8"))
     return out
+
+
+def _label_free_section(export: dict[str, Any]) -> str:
+    """Each site's unlabelled windows (drift evidence, OOD share, the report filed) and, where labels came,
+    each label-free estimate against what was realised."""
+    windows = export.get("unlabelled_windows", [])
+    if not windows:
+        return "<p class='muted'>no unlabelled window judged yet (`decide monitor run --unlabelled`)</p>"
+    plot = drift_plot(export)
+    out = [_img(plot, "unlabelled windows per site", "drift") if plot else ""]
+    out.append(_table(["window", "site", "studies", "shift", "summary", "outside the reference", "report",
+                       "labels vs estimate"],
+                      [[_e(str(w["window_start"])[:10]), _e(w["site"]), _e(w["n_studies"]),
+                        "<span class='bad'>shifted</span>" if w["shifted"] else "no",
+                        _e((w.get("tests") or {}).get("summary", ""))[:300], _f((w.get("ood") or {}).get("share")),
+                        _e(w.get("report_id") or ""), _e((w.get("realised") or {}).get("summary", "no labels yet"))]
+                       for w in windows]))
+    rows = []
+    for w in windows:
+        for name, r in ((w.get("realised") or {}).get("pathologies") or {}).items():
+            for m in ("recall", "fpr"):
+                if r.get(m):
+                    ci = r[m]["realised_ci"]
+                    rows.append([_e(str(w["window_start"])[:10]), _e(w["site"]), _e(name), m, _f(r[m]["estimate"]),
+                                 f"{_f(r[m]['realised'])} [{_f(ci[0])}, {_f(ci[1])}]", _f(r[m]["error"]),
+                                 "<span class='bad'>contradicted</span>" if r["contradicted"] else "agrees"])
+    if rows:
+        out.append("<p class='muted'>Label-free estimates (made before the labels) against the labels that came "
+                   "later: realised value with its 95% Clopper–Pearson interval; Holm over each window's "
+                   "pathologies decides whether the labels contradict the estimate.</p>")
+        out.append(_table(["window", "site", "pathology", "metric", "estimate", "realised [95%]", "error", "verdict"],
+                          rows))
+    return "".join(out)

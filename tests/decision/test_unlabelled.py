@@ -17,11 +17,13 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from cxr.sources import open_recorded
+from decision.documents.registry_html import write_report
 from decision.engine import Engine
 from decision.jobs import feedback_source, monitor_pass, monitor_window, phantom_epoch
 from policies import load_policy
 from registry import repo
 from registry.entities import DecisionStatus, ReportStatus
+from registry.export import export_all
 from registry.session import session_scope
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny-home")]
@@ -100,7 +102,12 @@ def test_labels_for_the_window_check_its_estimate_and_contradict_it_under_concep
     assert name in told.realised["contradicted"] and "cannot be trusted" in told.realised["summary"]
     with session_scope(tiny_home.url, read_only=True) as s:
         [rec] = repo.list_windows(s, site="site-a")
+        export = export_all(s)
     assert rec.realised["contradicted"] == told.realised["contradicted"]
+    # the registry's HTML report shows the drift evidence and each estimate against what was realised
+    page = write_report(export, tiny_home.home / "report.html").read_text()
+    section = page[page.index("<h2>Monitoring without labels</h2>"):page.index("<h2>Lineage</h2>")]
+    assert "data:image/png;base64," in section and "contradicted" in section and name in section
 
 
 def test_a_folder_of_unlabelled_films_dicom_included_is_judged_and_a_ct_is_counted_outside(tiny_home, tmp_path):
