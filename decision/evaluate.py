@@ -44,7 +44,11 @@ class ParentComparison:
     """Candidate vs parent on one pathology: paired DeLong `delta = auroc(candidate) - auroc(parent)`.
 
     Parent metrics are at the parent's threshold; `tp_loss` counts labelled positives the parent
-    called positive and the candidate does not (None without both thresholds).
+    called positive and the candidate does not (None without both thresholds). `var_candidate`,
+    `var_parent` and `covariance` are the DeLong (co)variances of the two AUROC estimates on these
+    cases (None below two cases of a class, and in evaluations stored before they were recorded):
+    `delta`'s variance is `var_candidate + var_parent - 2 covariance`, and `correlation` is what the
+    gate's power rule uses (`decision/power.py`).
     """
 
     parent_auroc: float | None
@@ -63,6 +67,25 @@ class ParentComparison:
     tp_loss_fraction: float | None
     #: the candidate's scores equal the parent's on every labelled case (nothing changed for this output)
     identical: bool = False
+    var_candidate: float | None = None
+    var_parent: float | None = None
+    covariance: float | None = None
+
+    @property
+    def correlation(self) -> float | None:
+        """cov / sqrt(var_candidate var_parent), clipped to [-1, 1]; None when either variance is 0 or unknown."""
+        v1, v2, cov = self.var_candidate, self.var_parent, self.covariance
+        if v1 is None or v2 is None or cov is None or v1 <= 0 or v2 <= 0:
+            return None
+        return max(-1.0, min(1.0, cov / (v1 * v2) ** 0.5))
+
+    @property
+    def se_delta(self) -> float | None:
+        """The paired DeLong standard error of `delta`, sqrt(v1 + v2 - 2 cov); None when unknown."""
+        v1, v2, cov = self.var_candidate, self.var_parent, self.covariance
+        if v1 is None or v2 is None or cov is None:
+            return None
+        return max(v1 + v2 - 2.0 * cov, 0.0) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -171,10 +194,24 @@ def _tp_loss(y, cand, par, t_cand, t_par) -> tuple[int | None, int | None, float
     return parent_tp, lost, (lost / parent_tp if parent_tp else None)
 
 
+def _covariances(y, cand, par, var_delta: float) -> tuple[float | None, float | None, float | None]:
+    """DeLong variances of both AUROCs and their covariance, from var(Δ) = v1 + v2 - 2 cov.
+
+    The identity is exact for DeLong's estimator (sample variances of the structural components and of
+    their differences, the same ddof), so the covariance needs no second pass over the cases.
+    """
+    v1, v2 = _num(delong_ci(y, cand).var), _num(delong_ci(y, par).var)
+    if v1 is None or v2 is None or math.isnan(var_delta):
+        return None, None, None
+    return v1, v2, 0.5 * (v1 + v2 - var_delta)
+
+
 def _compare(y, cand, par, t_cand, t_par, evaluable: bool, alpha: float) -> ParentComparison:
+    v1 = v2 = cov = None
     if evaluable:
         pr = delong_paired(y, cand, par, alpha)
         auc_b, delta, lo, hi, p = _num(pr.auc_b), _num(pr.delta), _num(pr.lo), _num(pr.hi), _num(pr.p_value)
+        v1, v2, cov = _covariances(y, cand, par, pr.var)
     else:
         auc_b = delta = lo = hi = p = None
     pm = binary_metrics(y, par, t_par) if t_par is not None and y.size else {}
@@ -195,6 +232,9 @@ def _compare(y, cand, par, t_cand, t_par, evaluable: bool, alpha: float) -> Pare
         lost,
         frac,
         bool(np.array_equal(cand, par)),
+        v1,
+        v2,
+        cov,
     )
 
 

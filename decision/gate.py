@@ -11,8 +11,11 @@ auditor can see exactly why a version was accepted or rejected. Checks:
   at the candidate's threshold, false negatives on recall, an AUROC drop on AUROC.
 * `noninferiority[P]` for every other pathology: the lower bound of the paired DeLong
   interval of AUROC(candidate) - AUROC(parent) must not fall below -margin. Each check first
-  asks whether the data can show the margin at all (`decision/power.py`) and says so in its
-  detail ("Hernia: 5 positives; the margin -0.020 needs about N"). A lower bound at or above
+  asks whether the data can show the margin at all (`decision/power.py`): underpowered when z times
+  the measured paired DeLong SE of the change exceeds the margin (the parent-candidate correlation
+  measured from the DeLong covariance; the policy's `gate.power_correlation` only as a fallback for
+  comparisons stored without it) and says so in its detail ("Hernia: 5 positives; the margin -0.020
+  needs about N (...; SE 0.0310, ρ 0.62 measured)"). A lower bound at or above
   -margin passes whatever the power (the interval itself shows it). One below fails, unless the
   check is *underpowered* and the policy says `gate.underpowered = "no_significant_harm"`: then it
   is judged on harm alone — it fails only if the whole interval lies below zero — and is flagged
@@ -174,7 +177,8 @@ def noninferiority_check(r: PathologyEval, policy: Policy) -> Check:
     if c.identical:
         return Check(name, True, f"{r.pathology}: scores identical to the parent's on every case (unchanged)",
                      0.0, -margin, UNCHANGED)
-    power = assess_power(c.parent_auroc, r.n_pos, r.n_neg, margin, alpha, policy.gate.power_correlation)
+    power = assess_power(c.parent_auroc, r.n_pos, r.n_neg, margin, alpha, policy.gate.power_correlation,
+                         measured_se=c.se_delta, measured_rho=c.correlation)
     interval = ("(too few cases for an interval)" if c.delta_lo is None
                 else f"[{c.delta_lo:+.4f}, {c.delta_hi:+.4f}]")
     change = f"{r.pathology}: AUROC change {c.delta:+.4f} {interval}"
@@ -183,7 +187,10 @@ def noninferiority_check(r: PathologyEval, policy: Policy) -> Check:
         what = "lower bound" if c.delta_lo is not None else "point estimate"
         return Check(name, True, f"{change}, {what} >= -{margin:.3f}", lower, -margin)
     if not power.underpowered:
-        return Check(name, False, f"{change}, lower bound < -{margin:.3f}", lower, -margin)
+        # the power behind this failure was judged on the policy's ρ: say so (an older stored evaluation)
+        assumed = "" if power.measured else (f" (power judged with the policy's ρ {power.rho:.2f}: "
+                                             "no measured covariance)")
+        return Check(name, False, f"{change}, lower bound < -{margin:.3f}{assumed}", lower, -margin)
     sentence = power.sentence(r.pathology, margin)
     if rule == "block":
         return Check(name, False, f"{change}, lower bound < -{margin:.3f}; underpowered ({sentence}); "

@@ -63,7 +63,10 @@ def test_harm_to_another_pathology_beyond_the_margin_is_rejected():
     assert not result.passed
     assert [c.name for c in result.failed()] == ["noninferiority[Edema]"]
     edema = result.failed()[0]
-    assert edema.value < -0.02 and edema.limit == -0.02
+    # random scores are decorrelated from the parent's: the measured paired interval is too wide to ever show
+    # the margin (underpowered), so the check is judged on harm, and its whole interval lies below zero
+    assert edema.flag == "underpowered" and edema.limit == 0.0 and edema.value < -0.02
+    assert "significant harm: the interval excludes zero" in edema.detail
     assert result.summary.startswith("Rejected: 1 of 6 checks failed") and "Edema" in result.summary
 
 

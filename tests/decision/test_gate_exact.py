@@ -231,6 +231,14 @@ def test_noninferiority_details_say_which_bound_was_judged():
     assert shown.detail == "Edema: AUROC change -0.0100 [-0.0150, -0.0050], lower bound >= -0.020"
     harmed = noninferiority_check(_pe("Edema", comparison=_cmp(delta=-0.03, delta_lo=-0.035, delta_hi=-0.025)), policy)
     assert (harmed.passed, harmed.value, harmed.limit, harmed.flag) == (False, -0.035, -0.02, None)
+    # built without the DeLong (co)variances, as evaluations stored before them: the power rule fell back
+    assert harmed.detail == ("Edema: AUROC change -0.0300 [-0.0350, -0.0250], lower bound < -0.020 "
+                             "(power judged with the policy's ρ 0.95: no measured covariance)")
+    # with them (v1 = v2 = 1e-4, cov 0.99e-4: SE of the change √2e-6 = 0.0014, z·SE 0.0028 < margin) it is plain
+    measured = _cmp(delta=-0.03, delta_lo=-0.035, delta_hi=-0.025, var_candidate=1e-4, var_parent=1e-4,
+                    covariance=0.99e-4)
+    harmed = noninferiority_check(_pe("Edema", comparison=measured), policy)
+    assert (harmed.passed, harmed.value, harmed.flag) == (False, -0.035, None)
     assert harmed.detail == "Edema: AUROC change -0.0300 [-0.0350, -0.0250], lower bound < -0.020"
     # a perfect parent (design variance 0) with one positive: no interval, the point estimate is judged
     point = _pe("Edema", n_pos=1, comparison=_cmp(parent_auroc=1.0, delta=-0.01, delta_lo=None, delta_hi=None))
