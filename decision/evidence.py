@@ -8,27 +8,37 @@
   (`site_diagnosis`, a registry finder) to skip head-level rungs under a strong input-level shift.
 * Polarized-channel evidence: what a version's classifier channels say about a false-positive
   pathology (`cxr.channels.conflict_evidence` with NIH's reference label statistics).
+* Feasibility before climbing: whether any operating point of the serving version's scores on the site's
+  labelled rows meets the report's target within the gate's bounds (`decision.feasibility`); when none does,
+  threshold calibration is skipped, with the numbers.
+* No re-try without new evidence: a treatment whose last run on the same question (version, site,
+  pathology, kind) failed the gate is skipped until new feedback or another policy (`decision.retry`).
 
 Evidence never stops planning: what cannot be read is logged and left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from cxr.errors import NotFound
 from cxr.kinds import LABEL_FREE_KINDS, IssueKind
+from decision.feasibility import Feasibility, bounds_for, operating_feasibility, target_of
+from decision.past_runs import attempts_on, feedback_times
 from decision.planner import ReportView, TreatmentInfo
-from policies import Policy
+from decision.retry import not_retried
+from policies import Policy, policy_digest
 from registry import repo
 from registry.entities import PRODUCTION, DatasetEntity, DatasetRole, ReportEntity, VersionEntity
 from registry.session import session_scope
-from treatments.base import Case, PlanningContext, ReportInfo, Slo, Treatment
+from treatments.base import Case, PlanningContext, ReportInfo, Slo, Treatment, probabilities
 
 if TYPE_CHECKING:
     from cxr.channels import ChannelEvidence
@@ -40,6 +50,9 @@ log = logging.getLogger(__name__)
 SHIFT_DIAGNOSIS = "shift_diagnosis"
 CHANNEL_EVIDENCE = "channel_evidence"
 LABEL_REQUEST = "label_request"
+CALIBRATION_FEASIBILITY = "calibration_feasibility"
+NOT_RETRIED = "not_retried"
+CALIBRATION = "threshold_calibration"  # the treatment that moves a threshold and nothing else
 
 
 # -- the report as plugins and the planner see it ---------------------------------------------------
@@ -90,11 +103,13 @@ def data_plan(session: Session, parent: VersionEntity, site: str) -> DataPlan:
 
 
 def treatment_infos(session: Session, plugins: dict[str, Treatment], policy: Policy, report: ReportEntity,
-                    parent: VersionEntity, skip: str = "") -> list[TreatmentInfo]:
+                    parent: VersionEntity, skip: str = "", *, catalog: Catalog | None = None) -> list[TreatmentInfo]:
     """What each plugin says about treating `report` on `parent` (its cheap `applicable` check with the
     policy's parameters, the parent's operating points at the site and the site's calibration cases), as
     the planner reads it. A plugin whose check raises is not applicable; `skip` (`skips_head_level`) rules
-    out the head-level ones."""
+    out the head-level ones. Then the evidence (`on_evidence`): a treatment that failed the same question
+    and nothing changed is skipped, and with a `catalog` (the parent's scores) so is threshold calibration
+    when no operating point can meet the target."""
     from cxr.spec import ArchSpec
 
     spec = ArchSpec.from_json(parent.spec_json)
@@ -111,7 +126,73 @@ def treatment_infos(session: Session, plugins: dict[str, Treatment], policy: Pol
         if ok and skip and plugin.head_only:
             ok, why = False, skip
         infos.append(TreatmentInfo(name, frozenset(plugin.fixes), ok, why))
-    return infos
+    return on_evidence(session, policy, report, parent, infos, catalog)
+
+
+# -- the evidence that skips a rung --------------------------------------------------------------------
+def on_evidence(session: Session, policy: Policy, report: ReportEntity, parent: VersionEntity,
+                infos: list[TreatmentInfo], catalog: Catalog | None = None) -> list[TreatmentInfo]:
+    """`infos` with the evidence applied: `skipped` (and `evidence`) set on an applicable treatment that
+    failed the same question before without new evidence since (`decision.retry`), and on threshold
+    calibration when no operating point meets the target (`calibration_feasibility`, with a catalog)."""
+    blocked = {}
+    if not policy.learning.retry_failed_without_new_evidence:
+        blocked = not_retried(attempts_on(session, parent.id), version_id=parent.id, site=report.site,
+                              pathology=report.pathology, kind=report.kind.value,
+                              policy_digest=policy_digest(policy), feedback_at=feedback_times(session, report.site))
+    feasible = None
+    if catalog is not None and any(i.name == CALIBRATION and i.applicable for i in infos):
+        feasible = calibration_feasibility(session, catalog, policy, report, parent)
+    out = []
+    for info in infos:
+        if info.applicable and info.name in blocked:
+            nr = blocked[info.name]
+            info = dataclasses.replace(info, skipped=nr.sentence, evidence={NOT_RETRIED: nr.to_json()})
+        elif info.name == CALIBRATION and feasible is not None:
+            why = infeasible_skip(policy, feasible)
+            info = dataclasses.replace(info, skipped=why, evidence={CALIBRATION_FEASIBILITY: {
+                **feasible.to_json(), "skipped": bool(why), "sentence": feasible.sentence}})
+        out.append(info)
+    return out
+
+
+def infeasible_skip(policy: Policy, f: Feasibility) -> str:
+    """Why calibration is skipped on `f` ('' when it is not: feasible, too few rows, or the policy says try)."""
+    cal = policy.calibration
+    if f.feasible or not cal.skip_infeasible:
+        return ""
+    if f.n_pos < cal.feasibility_min_positives or f.n_neg < cal.feasibility_min_negatives:
+        return ""
+    return f.sentence
+
+
+def calibration_feasibility(session: Session, catalog: Catalog, policy: Policy, report: ReportEntity,
+                            parent: VersionEntity) -> Feasibility | None:
+    """`decision.feasibility.operating_feasibility` for `report` on `parent`'s scores over the site's labelled
+    calibration rows (its feedback, and calibration sets of that site), at the parent's threshold there.
+    None (logged when it failed) when there is nothing to judge: no threshold, no site rows, a kind that is
+    not a rate at a threshold, or the data cannot be read."""
+    t0 = parent.thresholds_for(report.site).get(report.pathology)
+    slo = policy.slos.for_pathology(report.pathology)
+    aim = target_of(report.kind.value, report.metric, report.target, slo.max_fpr, slo.min_recall)
+    if t0 is None or aim is None or not report.site:
+        return None
+    try:
+        sets = [d for d in data_plan(session, parent, report.site).calibration if d.source.get("site") == report.site]
+        weights = catalog.weights(parent)
+        if not sets or report.pathology not in weights.spec.pathologies:
+            return None
+        from decision.catalog import head_of
+
+        split = catalog.split(weights, sets, "feasibility").for_site(report.site)
+        j = list(weights.spec.pathologies).index(report.pathology)
+        known = ~np.isnan(split.labels[:, j])
+        scores = probabilities(split.features[known], *head_of(weights))[:, j]
+        return operating_feasibility(split.labels[known, j].astype(int), scores, float(t0), aim[0], aim[1],
+                                     bounds_for(policy, report.pathology), version=parent.ref, site=report.site)
+    except Exception as exc:  # evidence must never stop planning
+        log.warning("feasibility of calibration for report %s skipped: %s", report.id, exc)
+        return None
 
 
 # -- the shift diagnosis ------------------------------------------------------------------------------
@@ -157,11 +238,15 @@ def decision_diagnosis(url: str | None, decision_id: int) -> dict[str, Any] | No
 
 
 def for_plan(catalog: Catalog, parent: VersionEntity, report: ReportEntity, diag: dict[str, Any] | None, skip: str,
-             chosen: bool) -> tuple[dict[str, Any], str]:
+             chosen: bool, infos: list[TreatmentInfo] | tuple[TreatmentInfo, ...] = ()) -> tuple[dict[str, Any], str]:
     """What to record with a decision besides its candidates, and what to add to its rationale: the shift
     diagnosis it read (and why head-level rungs were skipped), the classifier channels behind a false-positive
-    report that will be treated, the studies a label request asks for (most shifted first)."""
+    report that will be treated, the studies a label request asks for (most shifted first), and the evidence
+    of `infos` (`on_evidence`: calibration's feasibility, the runs not re-tried) as key -> treatment -> data."""
     record: dict[str, Any] = {}
+    for info in infos:
+        for key, value in info.evidence.items():
+            record.setdefault(key, {})[info.name] = value
     notes = []
     if diag is not None:
         record[SHIFT_DIAGNOSIS] = diag

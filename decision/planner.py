@@ -16,13 +16,18 @@ Each treatment gets
 Applicable treatments are ordered by ascending cost / p(success): trying independent
 alternatives in turn until one works costs sum_i c_i * prod_{j<i} (1 - p_j) in
 expectation, and an exchange argument shows this order minimises it.
+
+A treatment the evidence rules out (`TreatmentInfo.skipped`: no operating point can meet the target,
+`decision.feasibility`; it failed the same question before and nothing changed since, `decision.retry`)
+is not applicable, and the rationale lists it under "Skipped on the evidence" with its reason.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from policies import Policy, policy_digest
 from policies.schema import CostModel
@@ -59,12 +64,19 @@ class ReportView:
 
 @dataclass(frozen=True)
 class TreatmentInfo:
-    """An installed treatment plugin as the engine sees it for this report."""
+    """An installed treatment plugin as the engine sees it for this report.
+
+    `skipped`: why the evidence rules it out although it applies (no operating point can meet the target,
+    `decision.feasibility`; it failed the same question before and nothing changed, `decision.retry`);
+    `evidence`: the numbers behind that, recorded with the decision (evidence key -> JSON object).
+    """
 
     name: str
     fixes: frozenset[str]
     applicable: bool = True
     reason: str = ""
+    skipped: str = ""
+    evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,8 @@ def _why_not(name: str, report: ReportView, info: TreatmentInfo | None, policy: 
         reasons.append(f"needs at least {pre.min_cases} cases, the report has {report.n_cases or 0}")
     if info is not None and not info.applicable:
         reasons.append(info.reason or "the plugin declines this report")
+    if info is not None and info.skipped:
+        reasons.append(info.skipped)
     return reasons
 
 
@@ -224,13 +238,19 @@ def _candidate(name: str, report: ReportView, info, policy: Policy, tallies: dic
 _NUMBERS = ("prior_cost", "empirical_cost", "expected_cost", "p_success", "alpha", "beta", "score")
 
 
-def _rationale(report: ReportView, ordered: list[Candidate], rest: list[Candidate], note: str = "") -> str:
+def _rationale(report: ReportView, ordered: list[Candidate], rest: list[Candidate], note: str = "",
+               skipped: frozenset[str] = frozenset()) -> str:
     value = "n/a" if report.value is None else f"{report.value:.3g}"
     target = "" if report.target is None else f" vs target {report.target:.3g}"
     head = f"Report {report.id}: {report.pathology} {report.kind} ({report.metric} {value}{target})."
+    on_evidence = [c for c in rest if c.treatment in skipped]
+    rest = [c for c in rest if c.treatment not in skipped]
+    skips = ("Skipped on the evidence: " + "; ".join(f"{c.treatment}: {c.reason}" for c in on_evidence) + "."
+             if on_evidence else "")
     if not ordered:
         why = "; ".join(f"{c.treatment}: {c.reason}" for c in rest)
-        return f"{head} No applicable treatment: escalate to a person. ({why})"
+        return " ".join(x for x in (f"{head} No applicable treatment: escalate to a person.", skips,
+                                    f"({why})" if why else "") if x)
 
     def nums(c: Candidate) -> str:
         return f"expected cost {c.expected_cost:.1f} / p {c.p_success:.2f} = {c.score:.1f}"
@@ -241,6 +261,8 @@ def _rationale(report: ReportView, ordered: list[Candidate], rest: list[Candidat
     if len(ordered) > 1:
         parts.append("Then " + ", ".join(f"{c.treatment} ({c.score:.1f})" for c in ordered[1:]) + ".")
     parts.append("Order: ascending cost / p(success), the cheapest expected escalation ladder.")
+    if skips:
+        parts.append(skips)
     if note:
         parts.append(note)
     if rest:
@@ -261,7 +283,8 @@ def plan(
     Takes the report, the installed plugins (with the engine's applicability verdict), the policy
     and the past runs. Returns a `Plan`: applicable candidates by ascending
     cost / p(success) (ties: cost, then name), then the others with their reasons (policy entries
-    without a plugin included); `chosen` is the first applicable one, never `no_action`, or None.
+    without a plugin included, and those `skipped` on the evidence); `chosen` is the first applicable one,
+    never `no_action`, or None.
     `digest` may pass a precomputed `policy_digest(policy)` when planning many reports.
     Raises nothing for well-typed input.
     """
@@ -287,7 +310,8 @@ def plan(
         report.id,
         ranked,
         chosen,
-        _rationale(report, list(ranked[:n]), list(ranked[n:]), note),
+        _rationale(report, list(ranked[:n]), list(ranked[n:]), note,
+                   frozenset(t.name for t in treatments if t.skipped)),
         digest or policy_digest(policy),
     )
 

@@ -151,7 +151,9 @@ class GatePolicy(_Strict):
     # side, flags the verdict `underpowered` and (underpowered_needs_approval) holds it for a person.
     underpowered: Literal["block", "no_significant_harm"] = "no_significant_harm"
     underpowered_needs_approval: bool = True
-    power_correlation: float = Field(0.95, ge=0.0, lt=1.0)  # assumed corr. of candidate and parent AUROC
+    # Fallback only: the power rule measures the candidate-parent AUROC correlation from the paired DeLong
+    # covariance; this ρ is assumed only for a comparison stored without it (and the check says so).
+    power_correlation: float = Field(0.95, ge=0.0, lt=1.0)
     # A candidate that passes at the report's site but not elsewhere may be promoted for that site only
     # (`production@site`); other sites keep their own production version.
     site_scoped_promotion: bool = True
@@ -170,6 +172,12 @@ class CalibrationPolicy(_Strict):
     # "site": a calibration for one site's report changes that site's operating point only (an override);
     # "all_sites": the version's default threshold (every site without an override).
     scope: Literal["site", "all_sites"] = "site"
+    # Feasibility before climbing (decision/feasibility.py): when no operating point of the parent's scores on
+    # the site's labelled rows meets the report's target within the gate's TP-loss bound and recall floor, the
+    # planner skips threshold calibration (and says why, with the numbers) — given at least this many rows.
+    skip_infeasible: bool = True
+    feasibility_min_positives: int = Field(10, ge=1)
+    feasibility_min_negatives: int = Field(30, ge=1)
 
 
 class CostModel(_Strict):
@@ -233,6 +241,10 @@ class Learning(_Strict):
     #: what a run at another site than the report's counts for in p(success), as a share of a run at
     #: the report's site (1: every site's runs pooled; costs are always pooled)
     other_sites_weight: float = Field(1.0, ge=0.0, le=1.0)
+    #: false (default): a treatment whose last run for the same (serving version, site, pathology, kind) failed
+    #: the gate is not re-tried until new feedback is registered for the site or the policy changes
+    #: (decision/retry.py); true: re-try it whenever it ranks first
+    retry_failed_without_new_evidence: bool = False
     cost_model: CostModel = CostModel()
 
     @property

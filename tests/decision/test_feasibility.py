@@ -1,0 +1,151 @@
+"""Feasibility before climbing: the exact search over a version's operating points, checked against numbers
+worked out by hand and against a brute force over every threshold between the scores; and the planner
+skipping threshold calibration for a target no operating point reaches (reachable: it does not)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from decision.feasibility import Bounds, bounds_for, operating_feasibility, target_of
+from decision.planner import ReportView, TreatmentInfo, plan
+from policies import ISSUE_KINDS, load_policy, parse_policy
+
+# 5 positives, 10 negatives; the parent calls s >= 0.5 positive: 5 true positives, FPR 4/10
+POS = [0.9, 0.8, 0.7, 0.6, 0.5]
+NEG = [0.85, 0.75, 0.65, 0.55, 0.45, 0.35, 0.25, 0.15, 0.05, 0.02]
+Y = np.array([1] * len(POS) + [0] * len(NEG))
+S = np.array(POS + NEG)
+
+
+def test_the_best_fpr_within_the_bounds_is_the_one_worked_out_by_hand():
+    # recall >= 0.8 keeps 4 of 5 positives: the highest such threshold is 0.6 (1 true positive lost, 20 %),
+    # where the negatives at or above it are 0.85, 0.75, 0.65: FPR 3/10.
+    f = operating_feasibility(Y, S, 0.5, "fpr", 0.2, Bounds(0.8, None, 0.2), version="cxr:3", site="site-b")
+    assert not f.feasible
+    assert f.best == pytest.approx(0.3) and f.best_threshold == pytest.approx(0.6)
+    assert f.recall_at_best == pytest.approx(0.8) and f.tp_loss_at_best == 1 and f.parent_tp == 5
+    assert f.parent_value == pytest.approx(0.4) and (f.n_pos, f.n_neg) == (5, 10)
+    assert f.n_thresholds == 16  # 15 distinct scores and one above them all
+    assert f.sentence.startswith("no operating point of cxr:3's scores at site-b meets FPR ≤ 0.20 within the "
+                                 "TP-loss bound: best FPR at recall ≥ 0.80 (≤ 20% of true positives lost) is 0.30")
+
+
+def test_a_target_exactly_on_the_frontier_is_met_and_one_just_below_it_is_not():
+    # recall >= 0.6 and 40 % loss allow threshold 0.7 (2 positives lost): negatives 0.85, 0.75 -> FPR 0.2
+    loose = Bounds(0.6, None, 0.4)
+    assert operating_feasibility(Y, S, 0.5, "fpr", 0.2, loose).feasible
+    near = operating_feasibility(Y, S, 0.5, "fpr", 0.19, loose)
+    assert not near.feasible and near.best == pytest.approx(0.2)
+    # the absolute cap binds before the fraction: at most 1 lost true positive -> back to 0.3
+    capped = operating_feasibility(Y, S, 0.5, "fpr", 0.2, Bounds(0.6, 1, 0.4))
+    assert not capped.feasible and capped.best == pytest.approx(0.3) and capped.tp_loss_at_best == 1
+
+
+def test_improve_rules_judge_against_the_parents_value_at_its_threshold():
+    # best 0.3 misses 0.2, but improves on the parent's 0.4 by 0.1
+    bounds = dict(recall_floor=0.8, max_tp_loss=None, max_tp_loss_fraction=0.2)
+    assert operating_feasibility(Y, S, 0.5, "fpr", 0.2, Bounds(**bounds, rule="meet_or_improve")).feasible
+    assert operating_feasibility(Y, S, 0.5, "fpr", 0.2, Bounds(**bounds, rule="improve")).feasible
+    assert not operating_feasibility(Y, S, 0.5, "fpr", 0.2,
+                                     Bounds(**bounds, rule="improve", min_improvement=0.15)).feasible
+
+
+def test_false_negative_targets_are_reachable_whenever_there_is_a_positive():
+    f = operating_feasibility(Y, S, 0.75, "recall", 0.95, Bounds(0.8, 0, 0.0))
+    assert f.feasible and f.best == 1.0 and f.tp_loss_at_best == 0 and f.best_threshold == pytest.approx(0.5)
+    none = operating_feasibility(np.zeros(4, int), np.array([0.1, 0.2, 0.3, 0.4]), 0.25, "recall", 0.5,
+                                 Bounds(0.8, None, 0.1))
+    assert not none.feasible and none.best is None and "no operating point" in none.sentence
+
+
+def _brute_force(y, s, t0, metric, bounds: Bounds):
+    """Best admissible value over thresholds below, between and above the sorted scores, by plain counting."""
+    values = sorted(set(s.tolist()))
+    cuts = [values[0] - 1.0] + [(a + b) / 2 for a, b in itertools.pairwise(values)] + [values[-1] + 1.0]
+    pos = [v for v, lab in zip(s, y, strict=True) if lab == 1]
+    neg = [v for v, lab in zip(s, y, strict=True) if lab == 0]
+    parent_hits = [v for v in pos if v >= t0]
+    best = None
+    for t in cuts:
+        tp = sum(v >= t for v in pos)
+        recall = tp / len(pos)
+        lost = sum(v < t for v in parent_hits)
+        if bounds.max_tp_loss is not None and lost > bounds.max_tp_loss:
+            continue
+        if bounds.max_tp_loss_fraction is not None and parent_hits and lost / len(parent_hits) > \
+                bounds.max_tp_loss_fraction + 1e-12:
+            continue
+        if bounds.recall_floor is not None and recall < bounds.recall_floor:
+            continue
+        value = sum(v >= t for v in neg) / len(neg) if metric == "fpr" else recall
+        if best is None or (value < best if metric == "fpr" else value > best):
+            best = value
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_search_agrees_with_a_brute_force_over_every_threshold(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 80))
+    y = (rng.random(n) < 0.35).astype(int)
+    y[:2] = [0, 1]
+    s = np.round(rng.normal(y * rng.uniform(0.2, 1.5), 1.0), 1)  # rounded: many ties
+    t0 = float(rng.choice(s))
+    for floor, cap, frac in [(0.8, None, 0.2), (0.5, 2, None), (None, None, 0.1), (0.9, 0, 0.0)]:
+        bounds = Bounds(floor, cap, frac)
+        for metric in ("fpr", "recall"):
+            f = operating_feasibility(y, s, t0, metric, 0.3, bounds)
+            expected = _brute_force(y, s, t0, metric, bounds)
+            assert (f.best is None) == (expected is None)
+            if expected is not None:
+                assert f.best == pytest.approx(expected)
+                assert f.feasible == (expected <= 0.3 + 1e-12 if metric == "fpr" else expected >= 0.3 - 1e-12)
+
+
+def test_targets_and_bounds_are_read_as_the_gate_reads_them():
+    assert target_of("false_positives", "fpr", 0.5, 0.3, 0.8) == ("fpr", 0.5)
+    assert target_of("false_positives", "specificity", 0.7, 0.3, 0.8) == ("fpr", pytest.approx(0.3))
+    assert target_of("false_negatives", "fnr", 0.1, 0.3, 0.8) == ("recall", 0.8)  # not an evaluated metric: SLO
+    assert target_of("auroc_drop", "auroc", 0.8, 0.3, 0.8) is None
+    policy = load_policy()
+    b = bounds_for(policy, "Atelectasis")
+    assert (b.recall_floor, b.max_tp_loss, b.max_tp_loss_fraction) == (
+        policy.slos.for_pathology("Atelectasis").min_recall, policy.gate.max_tp_loss, policy.gate.max_tp_loss_fraction)
+    raw = policy.model_dump(mode="json")
+    raw["gate"]["recall_floor"] = 0.6
+    assert bounds_for(parse_policy(raw), "Atelectasis").recall_floor == 0.6
+
+
+# -- the planner ------------------------------------------------------------------------------------------
+def _report() -> ReportView:
+    return ReportView("r7", "cxr", 3, "Atelectasis", "false_positives", "fpr", 0.71, 0.5, "site-b", True, 40)
+
+
+def _infos(policy, calibration: TreatmentInfo) -> list[TreatmentInfo]:
+    kinds = frozenset(ISSUE_KINDS)
+    return [calibration if n == "threshold_calibration" else TreatmentInfo(n, kinds) for n in policy.treatments]
+
+
+def test_an_unreachable_target_skips_calibration_with_the_numbers_in_the_rationale():
+    policy = load_policy()
+    f = operating_feasibility(Y, S, 0.5, "fpr", 0.2, Bounds(0.8, None, 0.2), version="cxr:3", site="site-b")
+    info = TreatmentInfo("threshold_calibration", frozenset(ISSUE_KINDS), skipped=f.sentence,
+                         evidence={"calibration_feasibility": f.to_json()})
+    p = plan(_report(), _infos(policy, info), policy, [])
+    cal = next(c for c in p.candidates if c.treatment == "threshold_calibration")
+    assert not cal.applicable and p.chosen is not None and p.chosen.treatment != "threshold_calibration"
+    assert "Skipped on the evidence: threshold_calibration: no operating point of cxr:3's scores" in p.rationale
+    assert "best FPR at recall ≥ 0.80 (≤ 20% of true positives lost) is 0.30" in p.rationale
+    assert "threshold_calibration (" not in p.rationale  # skipped on the evidence, not listed as inapplicable
+
+
+def test_a_reachable_target_leaves_calibration_first():
+    policy = load_policy()
+    f = operating_feasibility(Y, S, 0.5, "fpr", 0.35, Bounds(0.8, None, 0.2))
+    assert f.feasible and f.best == pytest.approx(0.3)
+    info = TreatmentInfo("threshold_calibration", frozenset(ISSUE_KINDS), evidence={"calibration_feasibility": {}})
+    p = plan(_report(), _infos(policy, info), policy, [])
+    assert p.chosen.treatment == "threshold_calibration" and "Skipped on the evidence" not in p.rationale
