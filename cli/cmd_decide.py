@@ -146,13 +146,16 @@ def run_cmd(
     `awaiting_approval`: `decide approve DECISION --reason …` lets the next run continue.
 
     A run whose process died (no heartbeat for DECIDE_STALE_SECONDS, default 90 s) is taken over by
-    the next `decide run`, or at once with --take-over; runs still running are listed with when.
+    the next `decide run`, or with --take-over once it missed two heartbeats (45 s); runs still running
+    are listed with when. A decision taken over is resumed where it stopped: the same decision, at the
+    same rung, its approval kept.
 
     A line on stderr as each treatment starts and ends (outcome, seconds, gate summary); -q before
     the command (`decide -q run`) silences them. Exit 1 if a decision ended with every treatment
     rejected or failed.
     """
     from decision.engine import Engine
+    from decision.liveness import describe
 
     engine = Engine.from_settings(policy)
     if not yes:
@@ -169,19 +172,21 @@ def run_cmd(
     data = {"worker": summary.worker, "abandoned_runs": summary.abandoned_runs,
             "released_claims": summary.released_claims, "decisions": [_outcome_json(d) for d in summary.decisions],
             "running": [r.__dict__ for r in summary.live_runs], "refused_takeover": summary.refused_takeover,
-            "settled_decisions": summary.settled_decisions}
+            "settled_decisions": summary.settled_decisions, "resumed_decisions": summary.resumed_decisions}
 
     def render() -> None:
         if summary.abandoned_runs:
-            console.print(f"[yellow]taken over (no heartbeat):[/] runs {summary.abandoned_runs}; their reports were "
-                          "planned again")
+            console.print(f"[yellow]taken over (no heartbeat):[/] runs {summary.abandoned_runs}")
+        if summary.resumed_decisions:
+            console.print(f"[yellow]resumed where their process stopped:[/] decisions {summary.resumed_decisions} "
+                          f"(by {esc(summary.worker)}; approvals kept)")
         if summary.settled_decisions:
             console.print(f"[yellow]finished (a dead process left them between two steps):[/] decisions "
                           f"{summary.settled_decisions}")
         for run_id in summary.refused_takeover:
             console.print(f"run {run_id} is alive (it beat within the last two heartbeats): not taken over")
         for r in summary.live_runs:
-            console.print(_live_line(r.run_id, r.decision_id, r.treatment, r.heartbeat_age_s, r.takeover_in_s))
+            console.print(esc(describe(r, take_over_given=take_over)))
         if not summary.decisions:
             console.print("nothing to do: no open reports, no approved decisions"
                           + (" (see the running decisions above)" if summary.live_runs else ""))
@@ -191,13 +196,6 @@ def run_cmd(
     emit(data, as_json, render)
     if any(d.status == DecisionStatus.exhausted and d.runs for d in summary.decisions):
         raise typer.Exit(1)
-
-
-def _live_line(run_id: int, decision_id: int | None, treatment: str, age: float, takeover_in: float) -> str:
-    when = (f"taken over by the next `decide run` in {takeover_in:.0f} s unless it beats again"
-            if takeover_in > 0 else "taken over by the next `decide run`")
-    return (f"decision {decision_id}: run {run_id} ({treatment}) is running; last heartbeat {age:.0f} s ago — "
-            f"{when} (`decide run --take-over` now, if its process is gone)")
 
 
 def _verdict_cmd(decision: int, reason: str, approve: bool, as_json: bool) -> None:
@@ -253,7 +251,7 @@ def decisions_cmd(
     """Decisions with their chosen treatment and status, newest first."""
     from datetime import timedelta
 
-    from decision.liveness import running_now
+    from decision.liveness import describe, running_now
     from registry import repo
     from registry.session import session_scope
     from registry.settings import get_settings
@@ -271,7 +269,7 @@ def decisions_cmd(
         if r is None:
             return None
         return {"run_id": r.run_id, "treatment": r.treatment, "heartbeat_age_s": round(r.heartbeat_age_s, 1),
-                "takeover_in_s": round(r.takeover_in_s, 1)}
+                "takeover_in_s": round(r.takeover_in_s, 1), "take_over_in_s": round(r.take_over_in_s, 1)}
 
     data = [{"id": d.id, "reports": d.report_ids, "status": d.status.value, "chosen": d.chosen,
              "rationale": d.rationale, "updated_at": d.updated_at, "running": heartbeat(d)} for d in rows]
@@ -283,9 +281,8 @@ def decisions_cmd(
                       d.updated_at.strftime("%Y-%m-%d %H:%M"))
         console.print(t)
         for d in rows:
-            if (hb := heartbeat(d)) is not None:
-                console.print(_live_line(hb["run_id"], d.id, hb["treatment"], hb["heartbeat_age_s"],
-                                         hb["takeover_in_s"]))
+            if d.id in running:
+                console.print(esc(describe(running[d.id])))
 
     emit(data, as_json, render)
 

@@ -14,6 +14,7 @@ its `PromotionIntent` — which alias it would move, at which site, and the vers
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -126,7 +127,14 @@ def settle_rejected_holds(url: str | None) -> None:
         settle_held(url, d)
 
 
-def approved_decisions(url: str | None) -> list[DecisionEntity]:
-    """Planned decisions a person approved: the next pass resumes them (or settles their held candidate)."""
+def approved_decisions(url: str | None, also: Collection[int] = ()) -> list[DecisionEntity]:
+    """Planned decisions a person approved, and the planned ones among `also` (decisions a take-over put back
+    to `planned`, `decision.recovery`): the pass resumes them (or settles their held candidate)."""
     with session_scope(url, read_only=True) as s:
-        return [d for d in repo.list_decisions(s, status=DecisionStatus.planned) if d.approvals]
+        return [d for d in repo.list_decisions(s, status=DecisionStatus.planned) if d.approvals or d.id in also]
+
+
+def approved_treatment(d: DecisionEntity) -> str | None:
+    """The rung a person approved on `d` — its chosen treatment, when its last verdict approved it — else None."""
+    last = d.approvals[-1] if d.approvals else None
+    return d.chosen if last is not None and last.verdict == Verdict.approved else None

@@ -20,7 +20,10 @@ every site or that site alone (see `decision.treat`).
 
 Crash safety: reports are claimed atomically with a lease, one at a time;
 runs carry a heartbeat (`decision.liveness`); every pass first takes over
-what dead processes left (`decision.recovery`). A process whose work was
+what dead processes left (`decision.recovery`) and resumes their decisions
+where they stopped — the same decision, at the same rung, its approval kept,
+the rungs it tried not run again. A decision is resumed by one pass alone
+(`repo.claim_planned`). A process whose work was
 taken over meanwhile is fenced: its claim is checked under a row lock before
 it decides, its late run record is refused (`RunFinished`), and it leaves the
 decision and reports to whoever took them. A treatment that raises is recorded
@@ -42,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from cxr.faults import failpoint
 from decision import evidence
-from decision.approvals import approved_decisions, settle_held, settle_rejected_holds
+from decision.approvals import approved_decisions, approved_treatment, settle_held, settle_rejected_holds
 from decision.catalog import Catalog
 from decision.executor import Executor, LocalExecutor, make_executor
 from decision.past_runs import run_stats  # in its own module: `decide costs` reads it without torch
@@ -131,9 +134,10 @@ class Engine:
         parent = evidence.serving_version(session, report)
         diag = evidence.site_diagnosis(session, parent, report.site)
         skip = evidence.skips_head_level(self.policy, diag)
-        infos = evidence.treatment_infos(session, self.plugins, self.policy, report, parent, skip)
+        infos = evidence.treatment_infos(session, self.plugins, self.policy, report, parent, skip,
+                                         catalog=self.catalog)
         p = plan(evidence.report_view(report), infos, self.policy, past, digest=self.digest)
-        record, notes = evidence.for_plan(self.catalog, parent, report, diag, skip, p.chosen is not None)
+        record, notes = evidence.for_plan(self.catalog, parent, report, diag, skip, p.chosen is not None, infos)
         if notes:
             p = dataclasses.replace(p, rationale=f"{p.rationale} {notes}")
         return ReportPlan(report, parent, p, record)
@@ -162,10 +166,12 @@ class Engine:
         """
         stale_after = stale_after if stale_after is not None else self.stale_after
         lease = lease_seconds if lease_seconds is not None else stale_after.total_seconds()
-        summary = PassSummary(worker=self.worker, **vars(recover(self.url, stale_after, take_over=take_over)))
+        summary = PassSummary(worker=self.worker, **vars(recover(self.url, stale_after, take_over=take_over,
+                                                                 worker=self.worker)))
         settle_rejected_holds(self.url)
-        for d in approved_decisions(self.url):
-            summary.decisions.append(self._resume(d, max_cost))
+        for d in approved_decisions(self.url, also=summary.resumed_decisions):
+            if (resumed := self._resume(d, max_cost)) is not None:
+                summary.decisions.append(resumed)
         seen: list[int] = []
         while len(seen) < limit:
             with session_scope(self.url) as s:
@@ -203,20 +209,32 @@ class Engine:
                                    "no applicable treatment: a person must look")
         return self._ladder(decision.id, report, rp.parent, rp.plan, max_cost, approved=None)
 
-    def _resume(self, d: DecisionEntity, max_cost: float | None) -> DecisionOutcome:
+    def _resume(self, d: DecisionEntity, max_cost: float | None) -> DecisionOutcome | None:
+        """Carry on a planned decision — approved by a person, or taken over from a dead process — from
+        its chosen rung, in the order it was decided. None if another pass resumed it first."""
         settled = settle_held(self.url, d)
         if settled is not None:
             return DecisionOutcome(d.report_ids[0], d.id, settled.status, None, message=settled.message)
         with session_scope(self.url) as s:
+            if not repo.claim_planned(s, d.id, reason=f"resumed by {self.worker} at {d.chosen}"):
+                log.warning("decision %d: resumed by another pass meanwhile; left to it", d.id)
+                return None
             report = repo.get_report(s, d.report_ids[0])
             rp = self.plan_report(s, report, run_stats(s))
-        return self._ladder(d.id, report, rp.parent, rp.plan, max_cost, approved=d.chosen)
+        p = _as_decided(rp.plan, [c.treatment for c in sorted(d.candidates, key=lambda c: c.rank)], d.chosen)
+        return self._ladder(d.id, report, rp.parent, p, max_cost, approved=approved_treatment(d))
 
     def _ladder(self, decision_id: int, report: ReportEntity, parent: VersionEntity, p: Plan,
                 max_cost: float | None, approved: str | None) -> DecisionOutcome:
-        """Try the untried applicable candidates in order; `approved` names the one a person approved."""
+        """Try the untried applicable candidates in order; `approved` names the one a person approved.
+
+        A rung counts as tried when the decision has a finished run of it (a run abandoned by a dead
+        process does not count: the rung is run again); the runs are on the decision's parent, so a rung
+        that was rejected or failed there is not run again on it."""
         with session_scope(self.url) as s:
-            tried = {r.treatment for r in repo.list_runs(s, decision_id=decision_id)}
+            runs = repo.list_runs(s, decision_id=decision_id)
+        tried = {r.treatment for r in runs if r.outcome != RunOutcome.abandoned}
+        last_run = max((r.id for r in runs), default=0)
         out = DecisionOutcome(report.id, decision_id, DecisionStatus.running, p)
         for cand in (c for c in p.candidates if c.applicable and c.treatment not in tried):
             plugin = self.plugins[cand.treatment]
@@ -239,8 +257,11 @@ class Engine:
                                  report, parent, decision_id, executor=self.executor,
                                  diagnosis=evidence.decision_diagnosis(self.url, decision_id), progress=self.progress)
             except BaseException:  # interrupted: the run is recorded as failed; leave the report actionable
-                self._finish(out, DecisionStatus.cancelled, f"interrupted during {cand.treatment}",
-                             report_status=ReportStatus.open)
+                if self._taken_over(decision_id, last_run):  # ... unless it is another pass's now
+                    self._left(out, f"interrupted during {cand.treatment}")
+                else:
+                    self._finish(out, DecisionStatus.cancelled, f"interrupted during {cand.treatment}",
+                                 report_status=ReportStatus.open)
                 raise
             failpoint("promotion")  # the run's record (and an accepted candidate's alias move) committed
             out.runs.append(result)
@@ -250,8 +271,9 @@ class Engine:
                           f"{time.perf_counter() - started:.1f} s (treatment {result.wall_seconds:.1f} s)"
                           + (f" — {why}" if why else ""))
             if result.outcome == RunOutcome.abandoned:  # another pass took the run over: the decision is its
-                return self._finish(out, DecisionStatus.cancelled, f"run {result.run_id} was taken over by another "
-                                    "pass (it saw no heartbeat); its candidate was not recorded")
+                return self._left(out, f"run {result.run_id} was taken over by another pass (it saw no heartbeat); "
+                                  "its candidate was not recorded")
+            last_run = max(last_run, result.run_id)
             if result.outcome == RunOutcome.held:
                 ref = result.version.ref if result.version else "the candidate"
                 return self._finish(out, DecisionStatus.awaiting_approval,
@@ -266,6 +288,21 @@ class Engine:
                             "every applicable treatment was tried; none passed the gate"
                             + ("; a run failed, the report is open again" if failed else ": a person must look"),
                             report_status=ReportStatus.open if failed else None)
+
+    def _taken_over(self, decision_id: int, since_run: int) -> bool:
+        """Whether another pass took this decision over: a run started after `since_run` (this pass's own,
+        then) was abandoned — only a pass that saw no heartbeat abandons a run."""
+        with session_scope(self.url, read_only=True) as s:
+            return any(r.id > since_run and r.outcome == RunOutcome.abandoned
+                       for r in repo.list_runs(s, decision_id=decision_id))
+
+    def _left(self, out: DecisionOutcome, message: str) -> DecisionOutcome:
+        """This pass's run was taken over: the decision and its reports are another pass's now (it resumes
+        them, or already finished them) — nothing of them is written here."""
+        with session_scope(self.url, read_only=True) as s:
+            out.status = repo.get_decision(s, out.decision_id).status
+        out.message = f"{message}; decision {out.decision_id} is another pass's now ({out.status.value}): left to it"
+        return out
 
     def _set_status(self, decision_id: int, status: DecisionStatus, chosen: str | None = None) -> None:
         with session_scope(self.url) as s:
@@ -287,6 +324,15 @@ class Engine:
                 repo.set_report_status(s, out.report_id, report_status, reason=message)
         out.status, out.message = status, message
         return out
+
+
+def _as_decided(p: Plan, order: list[str], chosen: str | None) -> Plan:
+    """`p`'s candidates as the decision recorded them — `chosen`, the rung it stopped at, first, then its
+    recorded order, any new one last — so that a resumed decision carries on its own ladder at the same rung
+    (the rungs it tried are skipped by `_ladder`)."""
+    rank = {name: i for i, name in enumerate(order)}
+    cands = tuple(sorted(p.candidates, key=lambda c: (c.treatment != chosen, rank.get(c.treatment, len(rank)))))
+    return dataclasses.replace(p, candidates=cands)
 
 
 def _cand_dict(c: Candidate) -> dict:

@@ -118,6 +118,36 @@ def set_decision_status(session: Session, decision_id: int, status: DecisionStat
     return row.to_entity()
 
 
+def resume_decision(session: Session, decision_id: int, *, at: str | None, reason: str, worker: str = "",
+                    actor: str | None = None) -> DecisionEntity:
+    """A pass takes over a decision whose process died: it goes back to `planned` (its approvals, runs and
+    reports untouched) to be resumed at rung `at` (None: its chosen one). Audited as `decision.resume`,
+    by the actor of the take-over, with the worker that resumes it. A final decision is refused."""
+    row = _decision_row(session, decision_id, lock=True)
+    old = {"status": DecisionStatus(row.status), "chosen": row.chosen}
+    if old["status"] in _TERMINAL:
+        raise InvalidInput(f"decision {decision_id} is {old['status'].value} (final): it cannot be resumed",
+                           field="decision")
+    row.status, row.updated_at = DecisionStatus.planned, utcnow()
+    if at is not None:
+        row.chosen = at
+    audit.record(session, "decision.resume", "decision", decision_id, old=old,
+                 new={"status": DecisionStatus.planned, "chosen": row.chosen, "worker": worker}, reason=reason,
+                 actor=actor)
+    session.flush()
+    return row.to_entity()
+
+
+def claim_planned(session: Session, decision_id: int, *, reason: str, actor: str | None = None) -> bool:
+    """Move a `planned` decision to `running` under its row lock, for one pass alone to resume it; False
+    (nothing written) when it is no longer `planned` — another pass took it, or it was finished."""
+    row = _decision_row(session, decision_id, lock=True)
+    if DecisionStatus(row.status) is not DecisionStatus.planned:
+        return False
+    set_decision_status(session, decision_id, DecisionStatus.running, reason=reason, actor=actor)
+    return True
+
+
 def add_decision_evidence(session: Session, decision_id: int, key: str, value: Any, *, reason: str = "",
                           actor: str | None = None) -> DecisionEntity:
     """Record one more piece of evidence on a decision (e.g. the shift diagnosis made before a backbone

@@ -1,4 +1,5 @@
-"""SIGKILL `decide monitor schedule` during a treatment, start it again: nothing is lost or half-written.
+"""SIGKILL `decide monitor schedule` during a treatment, start it again: nothing is lost or half-written,
+and the restarted scheduler resumes the killed run's decision (the same decision, the treatment run again).
 
 The home is the tiny real registry (tests/conftest.py); the treatment is the toy plugin of
 tests/monitoring.py: the first time it runs it drops a marker file and sleeps, and the kill
@@ -74,11 +75,10 @@ def test_sigkill_during_a_treatment_then_restart(tiny_home, tmp_path):
         run = repo.get_run(s, killed_run)
         assert run.outcome in (RunOutcome.abandoned, RunOutcome.failed), run
         assert repo.get_pass(s, killed_pass.id).status is PassStatus.abandoned
-        old = repo.get_decision(s, run.decision_id)
-        assert old.status.value == "cancelled"
-        again = [d for d in repo.list_decisions(s) if report_id in d.report_ids and d.id != old.id]
-        assert again, "the report was not picked up again"
-        retried = list(repo.list_runs(s, decision_id=again[0].id))
+        # the killed run's decision was taken over and resumed, not replaced by a second decision
+        assert [d.id for d in repo.list_decisions(s) if report_id in d.report_ids] == [run.decision_id]
+        assert repo.get_decision(s, run.decision_id).status.value != "cancelled"
+        retried = [r for r in repo.list_runs(s, decision_id=run.decision_id) if r.id != killed_run]
         assert [r.treatment for r in retried] == [TOY_NAME] and retried[0].outcome != RunOutcome.running
         assert repo.get_report(s, report_id).status.value != "claimed"
         assert all(p.status is not PassStatus.running for p in repo.list_passes(s))  # SIGTERM let the pass end

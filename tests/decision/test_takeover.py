@@ -52,13 +52,18 @@ def test_a_silent_run_is_listed_with_when_it_will_be_taken_over(tiny_home):
 
 def test_take_over_reclaims_a_dead_run_at_once_and_finishes_its_work(tiny_home):
     rid, did, run_id = _killed_run(tiny_home.url, 60)
-    summary = Engine(tiny_home.url, tiny_home.home, load_policy()).run_pass(take_over=True)
+    summary = Engine(tiny_home.url, tiny_home.home, load_policy(), worker="rescuer").run_pass(take_over=True)
     assert summary.abandoned_runs == [run_id] and summary.live_runs == []
+    assert summary.resumed_decisions == [did]
     with session_scope(tiny_home.url, read_only=True) as s:
         assert repo.get_run(s, run_id).outcome == RunOutcome.abandoned
-        assert repo.get_decision(s, did).status == DecisionStatus.cancelled
-    # The reopened report was claimed and decided again in the same pass.
-    assert [d.report_id for d in summary.decisions] == [rid] and summary.decisions[0].decision_id != did
+        assert [d.id for d in repo.list_decisions(s)] == [did]  # no second decision for the report
+        runs = repo.list_runs(s, decision_id=did)
+        [resume] = [e for e in repo.list_events(s, entity_type="decision") if e.action == "decision.resume"]
+    # The same decision was carried on in the same pass, at the rung its dead process was running.
+    assert [(d.report_id, d.decision_id) for d in summary.decisions] == [(rid, did)]
+    assert [r.treatment for r in runs][:2] == ["threshold_calibration", "threshold_calibration"]
+    assert resume.actor == "tester" and "rescuer" in resume.reason and resume.new["chosen"] == "threshold_calibration"
 
 
 def test_take_over_leaves_a_beating_run_alone(tiny_home):

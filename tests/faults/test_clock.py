@@ -9,7 +9,7 @@ what it cannot, each shown with a real worker process (a `decide run` stopped in
 * A pass whose own clock jumped ahead sees every heartbeat as old and takes over a live run: no clock
   comparison can prevent that. What protects the registry is the fence: the live worker's late record
   of its run is refused (`RunFinished`), nothing of its candidate is registered, and it leaves the
-  decision and the report — now another decision's — alone.
+  decision — which the other pass resumed — and its report alone.
 """
 
 from __future__ import annotations
@@ -82,14 +82,14 @@ def test_a_pass_whose_clock_jumped_takes_over_a_live_run_but_the_worker_is_fence
     child, release, run = _stopped_in_treatment(fault_home, tmp_path)
 
     # The other pass's clock jumped two hours ahead: the live run looks dead to it, and it takes the
-    # report over; here its policy needs a person's approval, so the report stays `decided` by it.
+    # decision over and resumes it; here its policy needs a person's approval, so it waits for one.
     raw = load_policy(fault_home.policy).model_dump(mode="json")
     raw["treatments"]["fault_toy"]["needs_approval"] = True
     with clock.moved(timedelta(hours=2)):
         jumped = Engine(None, fault_home.home, parse_policy(raw), worker="jumped-clock").run_pass()
     assert jumped.abandoned_runs == [run.id]
     [taken] = jumped.decisions
-    assert taken.status == DecisionStatus.awaiting_approval
+    assert (taken.decision_id, taken.status) == (run.decision_id, DecisionStatus.awaiting_approval)
 
     if then == "finishes":  # the live worker finishes its treatment and tries to record its candidate
         release.touch()
@@ -99,12 +99,11 @@ def test_a_pass_whose_clock_jumped_takes_over_a_live_run_but_the_worker_is_fence
         os.kill(child.pid, signal.SIGINT)
         proc = child.wait()
         assert proc.returncode == 130 and "interrupted" in proc.stdout, proc.stdout[-4000:]
-    st = check_whole(fault_home)  # not decided twice: the report is the other decision's alone
+    st = check_whole(fault_home)  # not decided twice: the decision is the other pass's alone
     assert [v.version for v in st.versions] == [1] and st.production == "cxr:1"  # its candidate: refused
     assert next(r for r in st.runs if r.id == run.id).outcome == RunOutcome.abandoned
     assert [r.status for r in st.reports] == [ReportStatus.decided]
-    assert {d.id: d.status for d in st.decisions} == {run.decision_id: DecisionStatus.cancelled,
-                                                      taken.decision_id: DecisionStatus.awaiting_approval}
+    assert {d.id: d.status for d in st.decisions} == {run.decision_id: DecisionStatus.awaiting_approval}
 
     with session_scope(fault_home.url) as s:  # a person approves; the next pass finishes the work
         repo.approve_decision(s, taken.decision_id, actor="reviewer", reason="checked the candidate plan")
