@@ -25,6 +25,15 @@ def _isolated_home(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture
+def wide_console(monkeypatch):
+    """The CLI's console (made once per process, its width read from COLUMNS then) at 300 columns for this
+    test, so that no table cell wraps whatever test made the console first."""
+    from cli.output import console
+
+    monkeypatch.setattr(console.real(), "_width", 300)
+
+
 def pytest_configure(config):
     try:
         import torch

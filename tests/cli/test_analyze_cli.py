@@ -125,7 +125,7 @@ def _phantom_film(tmp_path: Path) -> str:
     return str(next((tmp_path / "ph" / "images").glob("*.png")))
 
 
-def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path):
+def test_predict_with_a_version_applies_its_operating_points(tiny_home, tmp_path, wide_console):
     from decision.scoring import load_version
 
     dcm = _phantom_film(tmp_path)

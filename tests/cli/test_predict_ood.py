@@ -51,7 +51,7 @@ def films(tmp_path_factory) -> dict[str, Path]:
             "constant": constant, "phantom": next((root / "phantom" / "images").glob("*.png"))}
 
 
-def test_predict_withholds_ct_mr_and_a_constant_image_and_scores_a_phantom_film(tiny_home, films):
+def test_predict_withholds_ct_mr_and_a_constant_image_and_scores_a_phantom_film(tiny_home, films, wide_console):
     from decision.catalog import Catalog
     from decision.reference import reference_for
     from decision.scoring import load_version
@@ -109,7 +109,7 @@ def test_a_rate_the_reference_can_hold_is_used_as_stated(tiny_home, films, tmp_p
 
 
 def test_without_a_reference_each_study_says_not_checked_and_the_header_checks_still_run(tiny_home, films,
-                                                                                         tmp_path):
+                                                                                         tmp_path, wide_console):
     from cxr.weights import save_model
     from decision.registration import register_weights_file
     from decision.scoring import load_version
