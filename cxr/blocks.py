@@ -126,7 +126,7 @@ def tune_block(model: CXRDenseNet, block: int, inputs: np.ndarray, labels: np.nd
                parent_logits: np.ndarray, target: int, *, distill_rows: np.ndarray | None = None,
                with_head: bool = False, epochs: int = 6, lr: float = 1e-3, batch_size: int = 128,
                distill_weight: float = 1.0, consistency: Consistency | None = None, stem: bool = False,
-               seed: int = 0) -> list[float]:
+               seed: int = 0, after_epoch: Callable[[str, int], bool] | None = None) -> list[float]:
     """Train dense block `block` (+ its transition; + the stem with `stem`; + norm5 and the head `with_head`).
 
     Takes the block's cached inputs (N, C, H, W), labels (N, P) with NaN unknown, per-label loss weights
@@ -139,7 +139,10 @@ def tune_block(model: CXRDenseNet, block: int, inputs: np.ndarray, labels: np.nd
     `consistency.epochs` epochs on that term alone (at `consistency.lr`).
     Only the trained part is in training mode (its BatchNorm layers use batch statistics and update
     their running statistics); every later layer stays in eval mode with its statistics frozen.
-    Returns the mean loss of each epoch (consistency-only epochs first); the model is left in eval mode.
+    `after_epoch(phase, n)`, when given, is called after every epoch — phase "consistency" or "labelled", `n`
+    counting both phases from 1 — and ends the training when it returns True (e.g. `cxr.train.EpochWatch`:
+    a time budget, early stopping); it must leave the optimised tensors as they are.
+    Returns the mean loss of each epoch run (consistency-only epochs first); the model is left in eval mode.
     """
     trained = set(block_parameter_names(model, block, with_head=with_head, stem=stem))
     unit = _unit(model, block, stem)
@@ -159,7 +162,8 @@ def tune_block(model: CXRDenseNet, block: int, inputs: np.ndarray, labels: np.nd
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     scale = _output_scale(consistency, pre, parent_unit, rng) if consistency is not None else None
-    losses = []
+    losses: list[float] = []
+    stop = after_epoch or (lambda phase, n: False)
     try:
         tail.eval()
         for m in train_modules:
@@ -177,6 +181,8 @@ def tune_block(model: CXRDenseNet, block: int, inputs: np.ndarray, labels: np.nd
                     first.step()
                     total += float(loss.detach())
                 losses.append(total / steps)
+                if stop("consistency", len(losses)):
+                    return losses
         for _ in range(epochs):
             perm = torch.randperm(len(x_all), generator=gen)
             total = 0.0
@@ -198,6 +204,8 @@ def tune_block(model: CXRDenseNet, block: int, inputs: np.ndarray, labels: np.nd
                 opt.step()
                 total += float(loss.detach()) * len(idx)
             losses.append(total / len(perm))
+            if stop("labelled", len(losses)):
+                break
     finally:
         model.eval()
         for prm in model.parameters():

@@ -34,6 +34,15 @@ checked on the site's held-out rows; when the first block misses it there, the
 diagnosis's second block is tried from the parent and the better one kept. The
 evaluation split is never seen. Blocks tried, the check, the reason and the
 style are recorded.
+
+Stopping when it cannot win (`treatments.backbone.StoppingParams`): the policy's `time_budget_s` counts from
+the treatment's start; the epoch (consistency or labelled) that ends past it is the last, and the second
+block is not tried once it is spent. `early_stop_patience` watches the target's AUROC on the held-out
+calibration rows (the report site's when they hold both classes) after every labelled epoch, stops after
+that many without improvement and keeps the best epoch's weights; the thresholds are then chosen on the
+same held-out rows, which picked the epoch, so their guarantee is a little optimistic. Either way the
+candidate goes to the gate, and epochs run and planned, why it stopped and the monitored values are
+recorded (`artifacts["training"]`; the notes say it when the run did not simply complete).
 """
 
 from __future__ import annotations
@@ -45,21 +54,30 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from cxr.blocks import Consistency, block_parameter_names, tail_logits, tune_block
 from cxr.kinds import IssueKind
 from cxr.model import CXRDenseNet
 from cxr.site_style import SiteStyle, site_matched_augment
 from cxr.stats import auroc, binary_metrics
-from treatments.backbone import applicable_with, cached_block_inputs, parent_model, reference_films, site_style_of
+from cxr.train import Budget, EpochWatch, StopRecord
+from treatments.backbone import (
+    StoppingParams,
+    applicable_with,
+    cached_block_inputs,
+    parent_model,
+    reference_films,
+    site_style_of,
+    target_monitor,
+)
 from treatments.base import FeatureSplit, PlanningContext, ReportInfo, TreatmentContext, TreatmentResult, probabilities
 from treatments.operating import retune
 
 __all__ = ["FReoptParams", "FReoptimization"]
 
 
-class FReoptParams(BaseModel):
+class FReoptParams(StoppingParams):
     model_config = ConfigDict(extra="forbid")
 
     block: int | None = Field(None, ge=1, description="Dense block to tune (default: the shift diagnosis's choice).")
@@ -107,6 +125,8 @@ class _Attempt:
     updates: dict[str, torch.Tensor]
     n_train: int
     seconds: float
+    training: StopRecord
+    watching: str  # what early stopping watched, or why it was off ("" when not asked for)
 
 
 class FReoptimization:
@@ -119,6 +139,7 @@ class FReoptimization:
 
     def apply(self, ctx: TreatmentContext) -> TreatmentResult:
         p = FReoptParams.model_validate(ctx.params)
+        budget = Budget.start(p.time_budget_s)
         parent = parent_model(ctx)
         data = ctx.image_data or {}
         cal = data.get("calibration")
@@ -129,8 +150,12 @@ class FReoptimization:
         use_style = p.consistency == "on" or (p.consistency == "auto" and (diagnosis or {}).get("level") == "input")
         style = site_style_of(ctx, p.style_images) if use_style and p.consistency_weight > 0 else None
         attempts: list[_Attempt] = []
+        skipped = ""
         for block in blocks[: 2 if p.second_block else 1]:
-            attempts.append(self._tune(ctx, p, block, hold, style))
+            if attempts and budget.spent():
+                skipped = f"; denseblock{block} not tried: the {p.time_budget_s:g} s budget is spent"
+                break
+            attempts.append(self._tune(ctx, p, block, hold, style, budget))
             if attempts[-1].check["fixed"]:
                 break
         best = next((a for a in attempts if a.check["fixed"]), None) or max(
@@ -139,23 +164,28 @@ class FReoptimization:
             "" if p.tune == "block" else " + norm5 + head")
         tried = "; ".join(f"denseblock{a.block}: {a.check['summary']}" for a in attempts)
         undo = f"{p.consistency_epochs} epochs undoing {ctx.report.site}'s estimated style, then " if style else ""
+        stop = best.training.summary() or best.watching
+        off = best.watching if best.training.monitor is None else ""  # why early stopping was off, if asked for
+        training = best.training.as_dict() | ({"early_stopping": off} if off else {})
+        by_block = {"training_by_block": {str(a.block): a.training.as_dict() for a in attempts}} if len(
+            attempts) > 1 else {}
         return TreatmentResult(
             thresholds=best.thresholds, state_updates=best.updates, trainable_parameters=best.n_train,
             notes=(f"re-optimized denseblock{best.block}{what} ({best.n_train:,} parameters; {why}) for {undo}"
-                   f"{p.epochs} labelled epochs (loss {best.losses[0]:.4f} → {best.losses[-1]:.4f}); held-out "
-                   f"calibration check — {tried}; {ctx.report.pathology} threshold {best.op.threshold:.4f} from "
-                   f"{best.where} ({best.op.method})"),
+                   f"{p.epochs} labelled epochs (loss {best.losses[0]:.4f} → {best.losses[-1]:.4f}"
+                   + (f"; {stop}" if stop else "") + f"); held-out calibration check — {tried}{skipped}; "
+                   f"{ctx.report.pathology} threshold {best.op.threshold:.4f} from {best.where} ({best.op.method})"),
             artifacts={"site_style": style.as_dict() if style else None, "block": best.block,
                        "blocks_tried": [a.block for a in attempts], "block_reason": why,
                        "tune": p.tune, "stem": p.stem and best.block == 1, "diagnosis": diagnosis,
                        "losses": best.losses,
                        "checks": {str(a.block): a.check for a in attempts},
                        "seconds": {str(a.block): round(a.seconds, 2) for a in attempts},
-                       "guarantee": best.op.guarantee},
+                       "guarantee": best.op.guarantee, "training": training, **by_block},
         )
 
     def _tune(self, ctx: TreatmentContext, p: FReoptParams, block: int, hold: np.ndarray,
-              style: SiteStyle | None) -> _Attempt:
+              style: SiteStyle | None, budget: Budget) -> _Attempt:
         t0 = time.perf_counter()
         model = parent_model(ctx)
         data = ctx.image_data or {}
@@ -170,12 +200,19 @@ class FReoptimization:
         sites = np.array([s for d in parts for s in d.sites])[fit]
         weights = _loss_weights(labels, sites == ctx.report.site, ctx.target_index, p.site_weight)
         parent_logits = _parent_logits(ctx, parts, fit, model, block, x_fit, stem)
+        x_held = x_parts[-1][hold]
+        early, watching = target_monitor(
+            ctx, p.early_stop_patience, p.early_stop_min_delta, ctx.calibration.labels[hold],
+            [s for s, h in zip(ctx.calibration.sites, hold, strict=True) if h],
+            lambda m, rows: tail_logits(m, block, x_held[rows], stem=stem)[:, ctx.target_index])
+        watch = EpochWatch(model, (p.consistency_epochs if style else 0) + p.epochs, budget, early)
         losses = tune_block(model, block, x_fit, labels, weights, parent_logits, ctx.target_index,
                             distill_rows=None if p.distill_at_site else sites != ctx.report.site,
                             with_head=p.tune == "block+head", epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                             distill_weight=p.distill_weight, seed=ctx.seed,
                             consistency=_consistency(ctx, style, p) if style else None,
-                            stem=stem)
+                            stem=stem, after_epoch=lambda phase, n: watch.after_epoch(n, monitored=phase == "labelled"))
+        training = watch.finish()
         new_all = 1.0 / (1.0 + np.exp(-np.clip(tail_logits(model, block, x_parts[-1], stem=stem), -60, 60)))
         old_all = probabilities(ctx.calibration.features, ctx.head_weight, ctx.head_bias)
         held = ctx.calibration.rows(hold)
@@ -201,7 +238,8 @@ class FReoptimization:
         state = model.state_dict()
         n_train = sum(q.numel() for n, q in model.named_parameters() if n in set(names))
         return _Attempt(block, losses, thresholds, op, where, check,
-                        {n: state[n].detach().clone() for n in names}, n_train, time.perf_counter() - t0)
+                        {n: state[n].detach().clone() for n in names}, n_train, time.perf_counter() - t0,
+                        training, watching)
 
 
 def _parent_logits(ctx: TreatmentContext, parts: list, fit: np.ndarray, model: CXRDenseNet, block: int,
