@@ -106,7 +106,8 @@ def plan_cmd(policy: Path | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None
 
 def _outcome_json(d: DecisionOutcome) -> dict:
     return {
-        "report_id": d.report_id, "decision_id": d.decision_id, "status": d.status.value, "message": d.message,
+        "report_id": d.report_id, "report_ids": d.report_ids or [d.report_id], "decision_id": d.decision_id,
+        "status": d.status.value, "message": d.message,
         "runs": [{"run_id": r.run_id, "treatment": r.treatment, "outcome": r.outcome.value,
                   "version": r.version.ref if r.version else None, "wall_seconds": round(r.wall_seconds, 4),
                   "gate": r.gate.summary if r.gate else None, "notes": r.notes, "error": r.error} for r in d.runs],
@@ -115,7 +116,9 @@ def _outcome_json(d: DecisionOutcome) -> dict:
 
 def _render_outcome(d: DecisionOutcome) -> None:
     colour = {"succeeded": "green", "awaiting_approval": "yellow"}.get(d.status.value, "red")
-    console.print(f"[bold]decision {d.decision_id}[/] (report {d.report_id}): [{colour}]{d.status.value}[/] — "
+    which = (f"site group: reports {', '.join(map(str, d.report_ids))}" if len(d.report_ids) > 1
+             else f"report {d.report_id}")
+    console.print(f"[bold]decision {d.decision_id}[/] ({which}): [{colour}]{d.status.value}[/] — "
                   f"{esc(d.message)}")
     for r in d.runs:
         mark = {RunOutcome.accepted: "[green]accepted[/]", RunOutcome.rejected: "[yellow]rejected[/]"}.get(
@@ -271,13 +274,26 @@ def decisions_cmd(
         return {"run_id": r.run_id, "treatment": r.treatment, "heartbeat_age_s": round(r.heartbeat_age_s, 1),
                 "takeover_in_s": round(r.takeover_in_s, 1), "take_over_in_s": round(r.take_over_in_s, 1)}
 
-    data = [{"id": d.id, "reports": d.report_ids, "status": d.status.value, "chosen": d.chosen,
-             "rationale": d.rationale, "updated_at": d.updated_at, "running": heartbeat(d)} for d in rows]
+    def group_of(d) -> dict | None:
+        return (d.evidence or {}).get("site_group")
+
+    def reports_cell(d) -> str:
+        g, deferred = group_of(d), (d.evidence or {}).get("site_group_deferred")
+        text = ", ".join(map(str, d.report_ids))
+        if g and len(d.report_ids) > 1:
+            return f"{text} (site group {g.get('site')}, {g.get('level')}-level)"
+        if isinstance(deferred, dict) and deferred.get("taken_by") is not None:
+            return f"{text} (→ decision {deferred['taken_by']})"
+        return text
+
+    data = [{"id": d.id, "reports": d.report_ids, "site_group": group_of(d), "status": d.status.value,
+             "chosen": d.chosen, "rationale": d.rationale, "updated_at": d.updated_at, "running": heartbeat(d)}
+            for d in rows]
 
     def render() -> None:
         t = Table("id", "reports", "status", "chosen / waiting on", "updated", title=f"{len(rows)} decision(s)")
         for d in rows:
-            t.add_row(str(d.id), ", ".join(map(str, d.report_ids)), d.status.value, d.chosen or "—",
+            t.add_row(str(d.id), reports_cell(d), d.status.value, d.chosen or "—",
                       d.updated_at.strftime("%Y-%m-%d %H:%M"))
         console.print(t)
         for d in rows:

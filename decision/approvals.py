@@ -86,7 +86,6 @@ def settle_held(url: str | None, d: DecisionEntity) -> Settlement | None:
         return None
     intent = PromotionIntent.of_run(run)
     approval = d.approvals[-1] if d.approvals else None
-    report_id = d.report_ids[0]
     with session_scope(url) as s:
         version = repo.get_version(s, run.output_version_id)
         if d.status == DecisionStatus.rejected or approval is None or approval.verdict != Verdict.approved:
@@ -101,13 +100,15 @@ def settle_held(url: str | None, d: DecisionEntity) -> Settlement | None:
             repo.settle_held_run(s, run.id, RunOutcome.rejected, reason=why)
             repo.set_version_status(s, version.id, "rejected", reason=why)
             repo.set_decision_status(s, d.id, DecisionStatus.exhausted, reason=why)
-            repo.set_report_status(s, report_id, ReportStatus.open, reason=why)
+            for report_id in d.report_ids:  # a site-level decision: every grouped report
+                repo.set_report_status(s, report_id, ReportStatus.open, reason=why)
             return Settlement(DecisionStatus.exhausted, why)
         why = f"{run.treatment} candidate {version.ref} approved by {approval.actor}: {approval.reason}"
         repo.settle_held_run(s, run.id, RunOutcome.accepted, reason=why)
         repo.set_alias(s, version.model, intent.alias, version.id, reason=why, site=intent.site, run_id=run.id)
         repo.set_decision_status(s, d.id, DecisionStatus.succeeded, reason=why)
-        repo.set_report_status(s, report_id, ReportStatus.resolved, reason=why)
+        for report_id in d.report_ids:
+            repo.set_report_status(s, report_id, ReportStatus.resolved, reason=why)
         return Settlement(DecisionStatus.succeeded, why)
 
 

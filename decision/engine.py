@@ -44,7 +44,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from cxr.faults import failpoint
-from decision import evidence
+from decision import evidence, site_group_pass
 from decision.approvals import approved_decisions, approved_treatment, settle_held, settle_rejected_holds
 from decision.catalog import Catalog
 from decision.executor import Executor, LocalExecutor, make_executor
@@ -87,6 +87,8 @@ class DecisionOutcome:
     plan: Plan | None
     runs: list[Outcome] = field(default_factory=list)
     message: str = ""
+    #: every report the decision covers (a site group's: several; `report_id` is its lead)
+    report_ids: list[int] = field(default_factory=list)
 
 
 _FINAL = frozenset({DecisionStatus.succeeded, DecisionStatus.exhausted, DecisionStatus.rejected,
@@ -115,6 +117,9 @@ class Engine:
         self.plugins = plugins if plugins is not None else load_treatments().treatments
         self.catalog = Catalog(self.home)
         self.digest = policy_digest(policy)
+        #: the site's shift diagnosis when none is recorded (engine, session, version, site) -> dict | None;
+        #: None: `decision.site_group_pass` diagnoses it from the films
+        self.diagnose: Callable[..., dict | None] | None = None
 
     @classmethod
     def from_settings(cls, policy_path: Path | None = None, worker: str | None = None) -> Engine:
@@ -183,6 +188,8 @@ class Engine:
             outcome = self.treat_report(claimed[0], max_cost)
             if outcome is not None:
                 summary.decisions.append(outcome)
+        if self.policy.site_groups.enabled:  # the reports that reached their backbone rungs: by site group
+            summary.decisions += site_group_pass.run_groups(self, max_cost)
         return summary
 
     def treat_report(self, report: ReportEntity, max_cost: float | None) -> DecisionOutcome | None:
@@ -214,7 +221,10 @@ class Engine:
         its chosen rung, in the order it was decided. None if another pass resumed it first."""
         settled = settle_held(self.url, d)
         if settled is not None:
-            return DecisionOutcome(d.report_ids[0], d.id, settled.status, None, message=settled.message)
+            return DecisionOutcome(d.report_ids[0], d.id, settled.status, None, message=settled.message,
+                                   report_ids=list(d.report_ids))
+        if (d.evidence or {}).get(site_group_pass.SITE_GROUP):
+            return site_group_pass.resume_group(self, d, max_cost)
         with session_scope(self.url) as s:
             if not repo.claim_planned(s, d.id, reason=f"resumed by {self.worker} at {d.chosen}"):
                 log.warning("decision %d: resumed by another pass meanwhile; left to it", d.id)
@@ -225,8 +235,13 @@ class Engine:
         return self._ladder(d.id, report, rp.parent, p, max_cost, approved=approved_treatment(d))
 
     def _ladder(self, decision_id: int, report: ReportEntity, parent: VersionEntity, p: Plan,
-                max_cost: float | None, approved: str | None) -> DecisionOutcome:
+                max_cost: float | None, approved: str | None, *, group: tuple[ReportEntity, ...] = (),
+                report_ids: list[int] | None = None) -> DecisionOutcome:
         """Try the untried applicable candidates in order; `approved` names the one a person approved.
+
+        `group`: the other reports of a site-level decision that `report` leads (`report_ids`: all of them).
+        A one-report decision (policy `site_groups.enabled`) stops at its first backbone rung when another report
+        at its site may share its cause (`decision.site_group_pass`).
 
         A rung counts as tried when the decision has a finished run of it (a run abandoned by a dead
         process does not count: the rung is run again); the runs are on the decision's parent, so a rung
@@ -235,9 +250,13 @@ class Engine:
             runs = repo.list_runs(s, decision_id=decision_id)
         tried = {r.treatment for r in runs if r.outcome != RunOutcome.abandoned}
         last_run = max((r.id for r in runs), default=0)
-        out = DecisionOutcome(report.id, decision_id, DecisionStatus.running, p)
+        out = DecisionOutcome(report.id, decision_id, DecisionStatus.running, p, report_ids=report_ids or [report.id])
         for cand in (c for c in p.candidates if c.applicable and c.treatment not in tried):
             plugin = self.plugins[cand.treatment]
+            if (not plugin.head_only and report_ids is None and approved is None and self.policy.site_groups.enabled
+                    and self._may_defer(report)):
+                return self._finish(out, DecisionStatus.exhausted,
+                                    site_group_pass.defer(self, decision_id, report, parent, cand.treatment))
             if getattr(plugin, "by_people", False):  # a label request: a person's approval carries it out
                 done = cand.treatment == approved
                 return self._finish(out, DecisionStatus.succeeded if done else DecisionStatus.awaiting_approval,
@@ -249,13 +268,15 @@ class Engine:
                        f"{cand.treatment} expected cost {cand.expected_cost:.1f} exceeds --max-cost {max_cost:g}")
                 return self._finish(out, DecisionStatus.awaiting_approval, why, chosen=cand.treatment)
             self._set_status(decision_id, DecisionStatus.running, cand.treatment)
-            what = f"report {report.id} ({report.pathology} {report.kind.value} at {report.site})"
+            what = (f"site group at {report.site} (reports {', '.join(map(str, out.report_ids))})" if group else
+                    f"report {report.id} ({report.pathology} {report.kind.value} at {report.site})")
             self.progress(f"{what}: {cand.treatment} started on {parent.ref}")
             started = time.perf_counter()
             try:
                 result = execute(self.url, self.home, self.catalog, self.policy, plugin,
                                  report, parent, decision_id, executor=self.executor,
-                                 diagnosis=evidence.decision_diagnosis(self.url, decision_id), progress=self.progress)
+                                 diagnosis=evidence.decision_diagnosis(self.url, decision_id), progress=self.progress,
+                                 group=group)
             except BaseException:  # interrupted: the run is recorded as failed; leave the report actionable
                 if self._taken_over(decision_id, last_run):  # ... unless it is another pass's now
                     self._left(out, f"interrupted during {cand.treatment}")
@@ -289,6 +310,10 @@ class Engine:
                             + ("; a run failed, the report is open again" if failed else ": a person must look"),
                             report_status=ReportStatus.open if failed else None)
 
+    def _may_defer(self, report: ReportEntity) -> bool:
+        with session_scope(self.url, read_only=True) as s:
+            return site_group_pass.may_defer(s, report)
+
     def _taken_over(self, decision_id: int, since_run: int) -> bool:
         """Whether another pass took this decision over: a run started after `since_run` (this pass's own,
         then) was abandoned — only a pass that saw no heartbeat abandons a run."""
@@ -321,7 +346,8 @@ class Engine:
                 return out
             repo.set_decision_status(s, out.decision_id, status, chosen=chosen, reason=message)
             if report_status is not None:
-                repo.set_report_status(s, out.report_id, report_status, reason=message)
+                for rid in out.report_ids or [out.report_id]:
+                    repo.set_report_status(s, rid, report_status, reason=message)
         out.status, out.message = status, message
         return out
 

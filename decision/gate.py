@@ -47,7 +47,8 @@ from decision.planner import ReportView
 from decision.power import assess_power
 from policies import Policy
 
-__all__ = ["Check", "GateResult", "SiteEvaluation", "gate", "judge_sites", "noninferiority_check", "other_site_checks"]
+__all__ = ["Check", "GateResult", "SiteEvaluation", "gate", "judge_group", "judge_sites", "noninferiority_check",
+           "other_site_checks"]
 
 UNDERPOWERED = "underpowered"
 UNCHANGED = "unchanged"
@@ -374,3 +375,46 @@ def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: P
         head = f"rejected: {len(failed)} check(s) failed"
         detail = "; ".join(f"{c.name}: {c.detail}" for c in failed[:3])
     return GateResult(passed, tuple(checks), f"{head} ({detail})", approval, scope, site if scope == "site" else "")
+
+
+def judge_group(reports: list[ReportView], evaluations: list[SiteEvaluation], policy: Policy, *,
+                measured: Mapping[str, float] | None = None, own_alias_sites: frozenset[str] = frozenset(),
+                ) -> GateResult:
+    """The gate for a site group (`decision.site_groups`): one candidate answers several reports at one site.
+
+    `reports[0]` (the lead) gets `judge_sites`, everything judged for one report today; every other report adds
+    its own target checks at the site — `target_fixed[P]`, `tp_loss[P]`, `recall_floor[P]` — and, on the other
+    sites' sets, `slo_kept` for its pathology (binding as the lead's other-site checks are: not when the promotion
+    is for the site alone). The verdict passes only when every binding check of every report passes.
+    """
+    lead = judge_sites(reports[0], evaluations, policy, measured=measured, own_alias_sites=own_alias_sites)
+    if len(reports) == 1 or not evaluations:
+        return lead
+    site = reports[0].site or ""
+    here = [e for e in evaluations if e.site == site] or evaluations
+    elsewhere_binding = lead.scope != "site" or bool(site and site in own_alias_sites)
+    extra: list[Check] = []
+    for r in reports[1:]:
+        for e in here:
+            target = e.evaluation.get(r.pathology)
+            for c in (_target_check(r, target, policy, {}), _tp_loss(target, policy), _recall_floor(r, target, policy)):
+                extra.append(Check(f"{c.name}[{r.pathology}]@{e.dataset}", c.passed, c.detail, c.value, c.limit,
+                                   c.flag, True))
+        for e in (e for e in evaluations if e not in here):
+            unaffected = bool(e.site) and e.site in own_alias_sites
+            binding = elsewhere_binding and not unaffected
+            extra += [_tag(c, e.dataset, binding=binding, note="" if binding else " (not binding)")
+                      for c in other_site_checks(r, e.evaluation, policy) if c.name.startswith("slo_kept[")]
+    checks = list(lead.checks) + extra
+    failed = [c for c in checks if not c.passed and c.binding]
+    passed = not failed
+    approval = _approval(passed, checks, policy)
+    names = ", ".join(r.pathology for r in reports)
+    if passed:
+        head = lead.summary.split(" (", 1)[0] if lead.passed else "accepted"
+        fixed = "; ".join(c.detail for c in checks if c.name.startswith("target_fixed"))
+        summary = f"{head} for the group at {site} ({names}): {fixed}"
+    else:
+        listed = "; ".join(f"{c.name}: {c.detail}" for c in failed[:3])
+        summary = f"rejected: {len(failed)} check(s) failed for the group at {site} ({names}) ({listed})"
+    return GateResult(passed, tuple(checks), summary, approval, lead.scope, lead.site)

@@ -92,13 +92,15 @@ def register_weights_bytes(
     actor: str | None = None,
     home: Path | None = None,
     footprint: Mapping[str, Any] | None = None,
+    site_thresholds: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> VersionEntity:
     """Verify weights bytes, store them as a blob, and register a version (candidate, or production).
 
     `parent` is a version ref (`NAME:N`, `NAME@alias`, `N`) or id. Thresholds default to
     the file's `.thresholds.json` sibling, else the parent's. The version's footprint is what the
     file shows (parameters, bytes, dtype, runtime) plus what `footprint` adds (e.g. measured
-    latency with the CPU flags). Raises `InvalidInput` / `IntegrityFailure` for a bad or modified file.
+    latency with the CPU flags). `site_thresholds`: per-site overrides (a site group's operating points).
+    Raises `InvalidInput` / `IntegrityFailure` for a bad or modified file.
     """
     w: Weights = from_bytes(data, source=source)
     parent_entity = None
@@ -117,6 +119,7 @@ def register_weights_bytes(
         parent_id=parent_entity.id if parent_entity is not None else None,
         trainable_parameters=trainable_parameters, decision_id=decision_id, treatment_run_id=treatment_run_id,
         dataset_ids=dataset_ids, evaluations=evaluations, notes=notes, actor=actor, reason=reason,
+        site_thresholds=site_thresholds,
     )
     if promote:
         why = reason or "registered with --promote"

@@ -46,7 +46,8 @@ from decision.catalog import Catalog, head_of
 from decision.evaluate import EvaluationReport, evaluate_scores
 from decision.evidence import DataPlan, data_plan, record_diagnosis, report_info, report_view, slo_for
 from decision.executor import Executor, LocalExecutor
-from decision.gate import GateResult, SiteEvaluation, judge_sites
+from decision.gate import GateResult, SiteEvaluation, judge_group, judge_sites
+from decision.group_treat import group_site_thresholds
 from decision.liveness import Heartbeat
 from decision.planner import ReportView
 from decision.registration import register_weights_bytes
@@ -182,8 +183,13 @@ def footprint_measured(result: TreatmentResult) -> dict[str, float]:
 
 def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: Treatment, report: ReportEntity,
             parent: VersionEntity, decision_id: int, seed: int = 0, executor: Executor | None = None,
-            *, diagnosis: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> Outcome:
-    """Run `plugin` for `report` on `parent`; see the module docstring for the order of effects."""
+            *, diagnosis: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+            group: tuple[ReportEntity, ...] = ()) -> Outcome:
+    """Run `plugin` for `report` on `parent`; see the module docstring for the order of effects.
+
+    `group`: the other reports of a site group (`decision.site_groups`) that `report` leads: their pathologies'
+    operating points at the site are chosen on the candidate (`decision.group_treat`) and the gate judges every
+    grouped target (`decision.gate.judge_group`)."""
     entry = policy.treatments.get(plugin.name)
     params: dict[str, Any] = dict(entry.params) if entry is not None else {}
     with session_scope(url) as s:
@@ -217,13 +223,21 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
             record_diagnosis(url, decision_id, parent, report.site, result.artifacts)
         cand_w, data = candidate_weights(parent_w, result)
         thr = candidate_thresholds(policy, parent, report.site, result, cand_w is not parent_w)
+        if group:
+            chosen, notes = group_site_thresholds(cat, policy, ctx, cand_w, plan.calibration, report.site, group)
+            thr = CandidateThresholds(thr.defaults, {**thr.site_overrides, report.site: {
+                **thr.site_overrides.get(report.site, {}), **chosen}}, thr.site_only)
+            result.notes = f"{result.notes}; site group at {report.site}, thresholds there: {'; '.join(notes)}"
         failpoint("evaluation")
         if progress:
             progress(f"{plugin.name}: evaluating the candidate on {len(plan.evaluation)} held-out set(s)")
         evals = evaluate_candidate(cat, parent, parent_w, cand_w, thr.defaults, plan.evaluation, policy.gate.alpha,
                                    thr.site_overrides)
-        verdict = judge(report_view(report), evals, plan.evaluation, policy, measured=footprint_measured(result),
-                        own_alias_sites=own_sites)
+        verdict = (judge_group([report_view(r) for r in (report, *group)],
+                               [SiteEvaluation(d.name, d.source.get("site"), evals[d.id]) for d in plan.evaluation],
+                               policy, measured=footprint_measured(result), own_alias_sites=own_sites) if group else
+                   judge(report_view(report), evals, plan.evaluation, policy, measured=footprint_measured(result),
+                         own_alias_sites=own_sites))
         failpoint("gate")
     except TreatmentDeclined as exc:
         if diagnosis is None:
@@ -292,7 +306,8 @@ def _record(url, home, cat, name, run_id, report, parent, decision_id, plan, res
                                           reason=why, **common)
         else:
             version = register_weights_bytes(s, data, parent.model, source=f"run {run_id}", parent=parent.id,
-                                             thresholds=thr.defaults, reason=why, home=home, **common)
+                                             thresholds=thr.defaults, site_thresholds=thr.site_overrides or None,
+                                             reason=why, home=home, **common)
         repo.finish_run(s, run_id, outcome, version.id, wall, result.trainable_parameters, "", metrics,
                         result.artifacts)
         if outcome is RunOutcome.accepted:

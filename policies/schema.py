@@ -213,6 +213,17 @@ class DiagnosisPolicy(_Strict):
     skip_head_level_strength: Rate | None = None
 
 
+class SiteGroupsPolicy(_Strict):
+    """Site-level decisions (`decision.site_groups`): open reports at one site on the same serving version whose
+    shift diagnosis is the same (input- or feature-level) are treated together once their per-report head-level
+    rungs (threshold calibration, surgery, head retrain) have had their try: one decision, one backbone candidate
+    per rung, one gate judging every grouped report's target at the site."""
+
+    enabled: bool = True
+    min_reports: int = Field(2, ge=2)  # a group holds at least this many reports
+    diagnosis_images: int = Field(600, ge=20)  # films per side when the engine diagnoses the site's shift itself
+
+
 class LabelFreePolicy(_Strict):
     """Monitoring without labels (`decision.unlabelled`): the drift tests' false-alarm rate, the per-study
     OOD checks' rate, when a label-free estimate is not valid, and how many studies a label request lists."""
@@ -266,6 +277,7 @@ class Policy(_Strict):
     approvals: ApprovalPolicy = ApprovalPolicy()
     diagnosis: DiagnosisPolicy = DiagnosisPolicy()
     label_free: LabelFreePolicy = LabelFreePolicy()
+    site_groups: SiteGroupsPolicy = SiteGroupsPolicy()
 
     @field_validator("treatments")
     @classmethod

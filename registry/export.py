@@ -45,6 +45,7 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
         for e in session.scalars(select(EvaluationRow).order_by(EvaluationRow.id))
     ]
     verified = audit.verify_all(session)
+    decisions = list_decisions(session)
     return audit.jsonable({
         "format": FORMAT,
         "exported_at": clock.now(),
@@ -58,7 +59,11 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
                              for r in session.scalars(select(VersionDatasetRow))],
         "evaluations": evaluations,
         "reports": list_reports(session),
-        "decisions": list_decisions(session),
+        "decisions": decisions,
+        # site-level decisions (decision/site_group_pass.py): one decision, one candidate per rung, several reports
+        "site_groups": [{"decision_id": d.id, "status": d.status, "report_ids": d.report_ids,
+                         **dict(d.evidence["site_group"])}
+                        for d in decisions if isinstance((d.evidence or {}).get("site_group"), dict)],
         "runs": list_runs(session),
         "schedules": list_schedules(session),
         "scheduled_passes": list_passes(session),

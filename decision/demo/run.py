@@ -118,7 +118,9 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
         job = monitor_pass(engine, cfg.model, f"phantom:{cfg.feedback_site}", cfg.feedback_site, index=week,
                            per_window=cfg.per_week)
         for d in job.pass_summary.decisions:
-            say("decide", f"report {d.report_id}: {d.status.value} — {d.message}")
+            which = (f"site group {', '.join(map(str, d.report_ids))}" if len(d.report_ids) > 1
+                     else f"report {d.report_id}")
+            say("decide", f"{which}: {d.status.value} — {d.message}")
         if getattr(job.monitor, "realised", None):
             say("label-free", f"week {week + 1}'s labels vs the estimates made without them: "
                               f"{job.monitor.realised['summary']}")
