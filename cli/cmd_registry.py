@@ -19,6 +19,7 @@ import typer
 
 from cli.options import JSON_OPT, needs_db
 from cli.output import Table, console, emit, esc, fmt_float
+from cli.subgroups_view import diff_subgroups, show_subgroups
 from registry.entities import ReportStatus
 
 # The registry (SQLAlchemy) and the settings (pydantic) are imported inside the commands that use them:
@@ -232,6 +233,7 @@ def history_cmd(model: str | None = typer.Argument(None, help="Only this model."
 def show_cmd(version: str = typer.Argument(..., help="NAME:N, NAME@alias, NAME@alias@SITE or N."),
              site: str | None = typer.Option(None, "--site", help="Resolve aliases for this site and show the "
                                              "operating points in force there."),
+             subgroups: bool = typer.Option(False, "--subgroups", help="List every per-subgroup result."),
              as_json: bool = JSON_OPT) -> None:
     """One version: spec, digests, thresholds (default and per site), lineage links, evaluations."""
     from registry import audit, repo
@@ -265,6 +267,7 @@ def show_cmd(version: str = typer.Argument(..., help="NAME:N, NAME@alias, NAME@a
                       *(fmt_float(getattr(e, k)) if e else "—" for k in ("sensitivity", "specificity", "ppv", "f1")),
                       f"{e.n_pos}/{e.n_neg}" if e else "—")
         console.print(t)
+        show_subgroups(evals, subgroups)
 
     emit(out, as_json, render)
 
@@ -295,6 +298,7 @@ def lineage_cmd(version: str = typer.Argument(..., help="NAME:N, NAME@alias or N
 @commands.command("diff")
 @needs_db
 def diff_cmd(v1: str = typer.Argument(..., help="From version."), v2: str = typer.Argument(..., help="To version."),
+             subgroups: bool = typer.Option(False, "--subgroups", help="List every per-subgroup change."),
              as_json: bool = JSON_OPT) -> None:
     """What changed between two versions: spec, thresholds, per-pathology metrics, tensors."""
     from registry import repo
@@ -319,6 +323,7 @@ def diff_cmd(v1: str = typer.Argument(..., help="From version."), v2: str = type
                     cells += [fmt_float(m[k]["b"]), fmt_float(m[k]["delta"])]
                 t.add_row(p, *cells)
             console.print(t)
+        diff_subgroups(d.subgroups, d.metrics_dataset, subgroups)
         console.print(f"tensors: {len(d.tensors_changed)} changed, {len(d.tensors_added)} added, "
                       f"{len(d.tensors_removed)} removed")
         for name in d.tensors_changed[:20]:

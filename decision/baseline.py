@@ -23,6 +23,7 @@ from cxr.weights import Weights, to_bytes
 from decision.catalog import Catalog, head_of, record_dataset
 from decision.evaluate import EvaluationReport, evaluate_scores
 from decision.registration import register_weights_bytes
+from decision.subgroups import subgroup_input
 from policies import Policy
 from registry.entities import DatasetEntity, VersionEntity
 from registry.session import session_scope
@@ -92,8 +93,10 @@ def register_baseline(url: str | None, home: Path, model: str, weights: Weights,
     evals: dict[str, EvaluationReport] = {}
     rows = {}
     for e in (e for e in entities if e.role == "evaluation"):
-        ev = evaluate_scores(cat.dataset(e).aligned_labels(names), cat.probabilities(weights, e, head), None,
-                             [thresholds.get(n) for n in names], names, alpha=policy.gate.alpha)
+        ds = cat.dataset(e)
+        ev = evaluate_scores(ds.aligned_labels(names), cat.probabilities(weights, e, head), None,
+                             [thresholds.get(n) for n in names], names, alpha=policy.gate.alpha,
+                             subgroups=subgroup_input(ds, policy))
         evals[e.name], rows[e.id] = ev, ev.to_rows()
     data, _ = to_bytes(weights.spec, weights.state)
     with session_scope(url) as s:

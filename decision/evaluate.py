@@ -8,7 +8,8 @@ positives, no negatives, no labelled case or no model output is reported as "not
 evaluable" with the reason; it never raises. With a parent, every pathology gets a
 paired DeLong comparison on the same cases (the test that makes "exactly zero AUROC
 change" after a one-row surgery come out as delta 0, p 1) and the true positives the
-candidate loses.
+candidate loses. Given the films' groups (`subgroups`), the candidate is also evaluated per subgroup
+(`decision/subgroups.py`) and `to_rows` stores each pathology's groups with it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from cxr.errors import InvalidInput
 from cxr.stats import binary_metrics, delong_ci, delong_paired
+from decision.subgroups import SubgroupEval, SubgroupInput, evaluate_subgroups
 
 __all__ = ["EvaluationReport", "ParentComparison", "PathologyEval", "evaluate_scores"]
 
@@ -129,6 +131,8 @@ class EvaluationReport:
     results: tuple[PathologyEval, ...]
     has_parent: bool
     alpha: float = 0.05
+    #: the candidate per pathology × subgroup (empty: not evaluated per subgroup)
+    subgroups: tuple[SubgroupEval, ...] = ()
 
     def __getitem__(self, pathology: str) -> PathologyEval:
         """The result for `pathology`; raises `KeyError` for a name not in this report."""
@@ -147,8 +151,13 @@ class EvaluationReport:
         return tuple(r for r in self.results if r.evaluable)
 
     def to_rows(self) -> list[dict]:
-        """Plain dicts for the registry, one per pathology, with the keys of `ROW_KEYS`."""
-        return [{k: getattr(r, k) for k in ROW_KEYS} for r in self.results]
+        """Plain dicts for the registry, one per pathology, with the keys of `ROW_KEYS` (and `subgroups`, the
+        pathology's per-subgroup results as dicts, when they were evaluated)."""
+        rows = [{k: getattr(r, k) for k in ROW_KEYS} for r in self.results]
+        if self.subgroups:
+            for row in rows:
+                row["subgroups"] = [g.as_dict() for g in self.subgroups if g.pathology == row["pathology"]]
+        return rows
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -298,6 +307,7 @@ def evaluate_scores(
     *,
     parent_thresholds: Sequence[float | None] | None = None,
     alpha: float = 0.05,
+    subgroups: SubgroupInput | None = None,
 ) -> EvaluationReport:
     """Evaluate candidate probabilities (and compare with a parent's) against labels, per pathology.
 
@@ -306,6 +316,8 @@ def evaluate_scores(
     and the parent's thresholds. A column of all-NaN probabilities means the model has no output
     for that pathology. Returns an `EvaluationReport`. Raises `InvalidInput` (naming the argument)
     on mismatched shapes, labels other than 0/1/NaN, or a non-finite probability on a labelled case.
+    With `subgroups` (each film's group per attribute), the candidate is also evaluated per subgroup at
+    its thresholds (`decision.subgroups.evaluate_subgroups`; a column of the wrong length raises).
     """
     lab = np.asarray(labels, dtype=float)
     if lab.ndim != 2:
@@ -325,4 +337,5 @@ def evaluate_scores(
         _one(names[j], lab[:, j], cand[:, j], None if par is None else par[:, j], t_cand[j], t_par[j], alpha)
         for j in range(p)
     )
-    return EvaluationReport(n, tuple(names), results, par is not None, alpha)
+    groups = () if subgroups is None else evaluate_subgroups(lab, cand, t_cand, names, subgroups, alpha=alpha)
+    return EvaluationReport(n, tuple(names), results, par is not None, alpha, groups)

@@ -9,6 +9,7 @@ must not import it.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated, Any, Literal, get_args
 
@@ -157,6 +158,9 @@ class GatePolicy(_Strict):
     # A candidate that passes at the report's site but not elsewhere may be promoted for that site only
     # (`production@site`); other sites keep their own production version.
     site_scoped_promotion: bool = True
+    # No margin creep: the candidate is also compared with the site's authorised baseline (the version a person
+    # authorised there, `registry.repo_authorised`); every pathology fails if lo(delta AUROC vs it) < -this.
+    cumulative_margin: Rate = 0.05
 
 
 class CalibrationPolicy(_Strict):
@@ -263,6 +267,39 @@ class Learning(_Strict):
         return self.prior_strength if self.cost_prior_strength is None else self.cost_prior_strength
 
 
+
+class SubgroupsPolicy(_Strict):
+    """Per-subgroup evaluation (`decision.subgroups`): every pathology on every evaluation set, split by each
+    attribute and each declared intersection. `age_bands` are the ascending edges in years: [40, 65] makes
+    "<40" (age < 40), "40-64" (40 <= age < 65) and "65+" (age >= 65). A group with fewer than `min_positives`
+    positives or `min_negatives` negatives for a pathology is reported as too small to judge, with the number of
+    positives its AUROC interval would need to be no wider than ± `margin` (None: the gate's noninferiority
+    margin); it is never dropped."""
+
+    enabled: bool = True
+    attributes: list[Literal["sex", "age_band", "view", "site"]] = ["sex", "age_band", "view", "site"]
+    age_bands: list[int] = [40, 65]
+    intersections: list[list[Literal["sex", "age_band", "view", "site"]]] = [["sex", "age_band"]]
+    min_positives: int = Field(10, ge=1)
+    min_negatives: int = Field(10, ge=1)
+    margin: Rate | None = None
+
+    @field_validator("age_bands")
+    @classmethod
+    def _bands(cls, v: list[int]) -> list[int]:
+        if any(b <= 0 for b in v) or any(b2 <= b1 for b1, b2 in itertools.pairwise(v)):
+            raise ValueError("age_bands are strictly ascending positive ages in years")
+        return v
+
+    @field_validator("intersections")
+    @classmethod
+    def _pairs(cls, v: list[list[str]]) -> list[list[str]]:
+        for combo in v:
+            if len(combo) < 2 or len(set(combo)) != len(combo):
+                raise ValueError(f"an intersection names two or more distinct attributes, got {combo}")
+        return v
+
+
 class Policy(_Strict):
     """A whole decision policy; `policies.policy_digest` identifies it in the audit trail."""
 
@@ -278,6 +315,7 @@ class Policy(_Strict):
     diagnosis: DiagnosisPolicy = DiagnosisPolicy()
     label_free: LabelFreePolicy = LabelFreePolicy()
     site_groups: SiteGroupsPolicy = SiteGroupsPolicy()
+    subgroups: SubgroupsPolicy = SubgroupsPolicy()
 
     @field_validator("treatments")
     @classmethod

@@ -211,6 +211,8 @@ class EvaluationEntity:
     n_pos: int
     n_neg: int
     created_at: datetime
+    #: per-subgroup results (dicts of `decision.subgroups.SubgroupEval`); None when not evaluated per subgroup
+    subgroups: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,9 @@ class VersionDiff:
     same_weights: bool
     same_backbone: bool
     parameter_count: dict[str, int]
+    #: per pathology, per subgroup on `metrics_dataset`: {"pathology", "attribute", "group", metric: {"a", "b",
+    #: "delta"} for auroc / recall / fpr, "judgeable": {"a", "b"}}; empty when either side has no subgroups
+    subgroups: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
     evaluations = [
         {c: getattr(e, c) for c in ("id", "version_id", "dataset_id", "pathology", "auroc", "auroc_lo", "auroc_hi",
                                     "sensitivity", "specificity", "ppv", "f1", "threshold", "n_pos", "n_neg",
-                                    "created_at")}
+                                    "created_at", "subgroups")}
         for e in session.scalars(select(EvaluationRow).order_by(EvaluationRow.id))
     ]
     verified = audit.verify_all(session)

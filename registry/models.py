@@ -231,6 +231,8 @@ class EvaluationRow(Base):
     n_pos: Mapped[int] = mapped_column(Integer)
     n_neg: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: per-subgroup results of this pathology (`decision/subgroups.py`); None: not evaluated per subgroup
+    subgroups: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ReportRow(Base):

@@ -96,6 +96,32 @@ def _metrics(session: Session, version_id: int, dataset_id: int) -> dict[str, di
     return {e.pathology: {k: getattr(e, k) for k in EVAL_FLOATS} for e in session.scalars(q)}
 
 
+SUBGROUP_METRICS = ("auroc", "recall", "fpr")
+
+
+def _subgroups(session: Session, version_id: int, dataset_id: int) -> dict[tuple[str, str, str], dict[str, Any]]:
+    q = select(EvaluationRow).where(EvaluationRow.version_id == version_id, EvaluationRow.dataset_id == dataset_id)
+    return {(e.pathology, g["attribute"], g["group"]): g for e in session.scalars(q) for g in (e.subgroups or [])}
+
+
+def _subgroup_diff(ga: dict[tuple[str, str, str], dict[str, Any]],
+                   gb: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Both sides' groups (a group on one side only has None on the other), with deltas where both are known."""
+    if not ga or not gb:
+        return []
+    out = []
+    for key in sorted(ga.keys() | gb.keys()):
+        a, b = ga.get(key, {}), gb.get(key, {})
+        row: dict[str, Any] = dict(zip(("pathology", "attribute", "group"), key, strict=True))
+        for k in SUBGROUP_METRICS:
+            va, vb = a.get(k), b.get(k)
+            row[k] = {"a": va, "b": vb, "delta": None if va is None or vb is None else vb - va}
+        row["judgeable"] = {"a": a.get("judgeable"), "b": b.get("judgeable")}
+        row["n_pos"] = {"a": a.get("n_pos"), "b": b.get("n_pos")}
+        out.append(row)
+    return out
+
+
 def diff_versions(session: Session, a_id: int, b_id: int) -> VersionDiff:
     """What changed from version a to b: spec fields, thresholds, per-pathology metrics, tensors.
 
@@ -122,6 +148,7 @@ def diff_versions(session: Session, a_id: int, b_id: int) -> VersionDiff:
     common = ds_a & ds_b
     metrics: dict[str, dict[str, dict[str, float | None]]] = {}
     ds_name = None
+    subgroups: list[dict[str, Any]] = []
     if common:
         ds = max(common)
         ds_name = session.scalar(select(DatasetRow.name).where(DatasetRow.id == ds))
@@ -132,6 +159,7 @@ def diff_versions(session: Session, a_id: int, b_id: int) -> VersionDiff:
                 va, vb = ma.get(p, {}).get(k), mb.get(p, {}).get(k)
                 per[k] = {"a": va, "b": vb, "delta": None if va is None or vb is None else vb - va}
             metrics[p] = per
+        subgroups = _subgroup_diff(_subgroups(session, a.id, ds), _subgroups(session, b.id, ds))
     ta, tb = a.tensor_digests or {}, b.tensor_digests or {}
     return VersionDiff(
         a=f"{a.model.name}:{a.version}", b=f"{b.model.name}:{b.version}", spec=spec, thresholds=thresholds,
@@ -139,5 +167,5 @@ def diff_versions(session: Session, a_id: int, b_id: int) -> VersionDiff:
         tensors_changed=sorted(k for k in ta.keys() & tb.keys() if ta[k] != tb[k]),
         tensors_added=sorted(tb.keys() - ta.keys()), tensors_removed=sorted(ta.keys() - tb.keys()),
         same_weights=a.weights_digest == b.weights_digest, same_backbone=a.backbone_digest == b.backbone_digest,
-        parameter_count={"a": a.parameter_count, "b": b.parameter_count},
+        parameter_count={"a": a.parameter_count, "b": b.parameter_count}, subgroups=subgroups,
     )

@@ -43,6 +43,7 @@ from registry.models import (
 )
 from registry.repo_common import actor_of, count, finite_or_none, insert_ignore
 from registry.repo_common import code_version as _code_version
+from registry.subgroup_rows import check_subgroups
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 EVAL_FLOATS = ("auroc", "auroc_lo", "auroc_hi", "sensitivity", "specificity", "ppv", "f1", "threshold")
@@ -169,7 +170,8 @@ def _eval_rows(version_id: int, dataset_id: int, rows: Iterable[Mapping[str, Any
                 raise InvalidInput(f"{row[k]} outside [0, 1]", field=f"evaluations[{i}].{k}")
         row.update(version_id=version_id, dataset_id=dataset_id, pathology=p, created_at=now,
                    n_pos=count(r.get("n_pos", 0), f"evaluations[{i}].n_pos"),
-                   n_neg=count(r.get("n_neg", 0), f"evaluations[{i}].n_neg"))
+                   n_neg=count(r.get("n_neg", 0), f"evaluations[{i}].n_neg"),
+                   subgroups=check_subgroups(r.get("subgroups"), f"evaluations[{i}].subgroups"))
         out.append(row)
     return out
 
@@ -308,6 +310,7 @@ def list_evaluations(session: Session, version_id: int, dataset_id: int | None =
         out.append(EvaluationEntity(
             e.id, e.version_id, e.dataset_id, ds_name, e.pathology, e.auroc, e.auroc_lo, e.auroc_hi,
             e.sensitivity, e.specificity, e.ppv, e.f1, e.threshold, e.n_pos, e.n_neg, e.created_at,
+            e.subgroups,
         ))
     return out
 
