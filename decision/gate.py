@@ -33,19 +33,25 @@ failing `interval_level` check.
 site's evaluation set the checks that a fix there must not break anything here
 (`other_site_checks`). A candidate that passes at its site but not elsewhere may still be promoted
 for that site alone (`production@site`, policy `gate.site_scoped_promotion`): the other sites keep
-their own production version, so their checks are recorded but not binding.
+their own production version, so their checks are recorded but not binding. On every set it also adds
+`decision.gate_lineage`'s checks: `sequestration` (the treatment saw none of the set's patients) and
+`baseline_noninferiority[P]` (no margin creep: non-inferior to the site's authorised baseline).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cxr.kinds import HEADLINE_METRIC, lower_is_better
 from decision.evaluate import EvaluationReport, PathologyEval
 from decision.planner import ReportView
 from decision.power import assess_power
 from policies import Policy
+
+if TYPE_CHECKING:
+    from decision.gate_lineage import BaselineComparison, Sequestration
 
 __all__ = ["Check", "GateResult", "SiteEvaluation", "gate", "judge_group", "judge_sites", "noninferiority_check",
            "other_site_checks"]
@@ -317,6 +323,10 @@ class SiteEvaluation:
     dataset: str
     site: str | None
     evaluation: EvaluationReport
+    #: the candidate vs the site's authorised baseline, and the patients shared with the training data
+    #: (`decision.gate_lineage`); None: not supplied, not checked (the engine always supplies both)
+    baseline: BaselineComparison | None = None
+    sequestration: Sequestration | None = None
 
 
 def _tag(c: Check, dataset: str, *, binding: bool = True, note: str = "") -> Check:
@@ -336,6 +346,8 @@ def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: P
     for that site alone (`scope` "site") and the other sites' checks become non-binding. Without an
     evaluation set the verdict is a rejection.
     """
+    from decision.gate_lineage import lineage_checks  # it builds on this module's Check
+
     if not evaluations:
         return GateResult(False, (Check("evaluation", False, "the version has no evaluation data set"),),
                           "rejected: nothing to evaluate on")
@@ -343,12 +355,14 @@ def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: P
     here = [e for e in evaluations if e.site == site] or evaluations
     site_checks = [_tag(c, e.dataset) for e in here for c in gate(report, e.evaluation, policy,
                                                                       measured=measured).checks]
+    site_checks += [_tag(c, e.dataset) for e in here for c in lineage_checks(e.baseline, e.sequestration, policy)]
     others: list[Check] = []
     for e in (e for e in evaluations if e not in here):
         unaffected = bool(e.site) and e.site in own_alias_sites
         note = f" (not binding: {e.site} has its own production version)" if unaffected else ""
         others += [_tag(c, e.dataset, binding=not unaffected, note=note)
-                   for c in other_site_checks(report, e.evaluation, policy)]
+                   for c in other_site_checks(report, e.evaluation, policy)
+                   + lineage_checks(e.baseline, e.sequestration, policy)]
     site_ok = all(c.passed for c in site_checks)
     others_ok = all(c.passed for c in others if c.binding)
     scope = "site" if site and site in own_alias_sites else "all_sites"
@@ -365,7 +379,8 @@ def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: P
     if passed:
         head = "accepted" + (f" for {site} only (production@{site})" if scope == "site" else "")
         if approval:
-            weak = sorted({c.name.split("@")[0][15:-1] for c in checks if c.flag == UNDERPOWERED and c.binding})
+            weak = sorted({c.name.split("@")[0].split("[", 1)[-1].rstrip("]") for c in checks
+                           if c.flag == UNDERPOWERED and c.binding})
             head += f"; held for approval: underpowered with no significant harm ({', '.join(weak)})"
         detail = f"{checks[0].name}: {checks[0].detail}"  # the target at the report's site: never empty
         blocked_elsewhere = [c for c in checks if not c.passed and not c.binding]

@@ -48,9 +48,11 @@ from decision.evidence import DataPlan, data_plan, record_diagnosis, report_info
 from decision.executor import Executor, LocalExecutor
 from decision.gate import GateResult, SiteEvaluation, judge_group, judge_sites
 from decision.group_treat import group_site_thresholds
+from decision.lineage_evidence import LineageEvidence, authorised_baselines, gather, training_patients
 from decision.liveness import Heartbeat
 from decision.planner import ReportView
 from decision.registration import register_weights_bytes
+from decision.subgroups import subgroup_input
 from policies import Policy
 from registry import repo
 from registry.entities import DatasetEntity, ReportEntity, RunOutcome, VersionEntity
@@ -106,9 +108,10 @@ def candidate_weights(parent: Weights, result: TreatmentResult) -> tuple[Weights
 
 def evaluate_candidate(cat: Catalog, parent_v: VersionEntity, parent_w: Weights, cand_w: Weights,
                        thresholds: dict[str, float | None], datasets: list[DatasetEntity], alpha: float,
-                       site_thresholds: dict[str, dict[str, float | None]] | None = None
-                       ) -> dict[int, EvaluationReport]:
-    """Candidate vs parent on every evaluation set (cached features when the backbone is shared).
+                       site_thresholds: dict[str, dict[str, float | None]] | None = None,
+                       policy: Policy | None = None) -> dict[int, EvaluationReport]:
+    """Candidate vs parent on every evaluation set (cached features when the backbone is shared), and per
+    subgroup under `policy`'s `[subgroups]` when given (`decision.subgroups`, stored with the evaluation).
 
     Each set is judged at the operating points in force at its site: the defaults `thresholds` with
     `site_thresholds[site]` on top for the candidate, `parent_v.thresholds_for(site)` for the parent.
@@ -125,15 +128,25 @@ def evaluate_candidate(cat: Catalog, parent_v: VersionEntity, parent_w: Weights,
         out[d.id] = evaluate_scores(
             labels, p_cand, p_par, [cand_t.get(n) for n in names], names,
             parent_thresholds=[par_t.get(n) for n in names], alpha=alpha,
+            subgroups=subgroup_input(cat.dataset(d), policy) if policy is not None else None,
         )
     return out
 
 
+def site_evaluations(evals: dict[int, EvaluationReport], datasets: list[DatasetEntity],
+                     lineage: LineageEvidence | None = None) -> list[SiteEvaluation]:
+    """The gate's view of each evaluation set, with its lineage evidence (authorised baseline, patients) if given."""
+    return [SiteEvaluation(d.name, d.source.get("site"), evals[d.id],
+                           lineage.baselines.get(d.id) if lineage else None,
+                           lineage.sequestration.get(d.id) if lineage else None) for d in datasets]
+
+
 def judge(view: ReportView, evals: dict[int, EvaluationReport], datasets: list[DatasetEntity], policy: Policy,
-          *, measured: dict[str, float] | None = None, own_alias_sites: frozenset[str] = frozenset()) -> GateResult:
+          *, measured: dict[str, float] | None = None, own_alias_sites: frozenset[str] = frozenset(),
+          lineage: LineageEvidence | None = None) -> GateResult:
     """The full gate on the report's site evaluation sets; on the others, nothing may get worse."""
-    sets = [SiteEvaluation(d.name, d.source.get("site"), evals[d.id]) for d in datasets]
-    return judge_sites(view, sets, policy, measured=measured, own_alias_sites=own_alias_sites)
+    return judge_sites(view, site_evaluations(evals, datasets, lineage), policy, measured=measured,
+                       own_alias_sites=own_alias_sites)
 
 
 @dataclass(frozen=True)
@@ -196,6 +209,7 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
         run = repo.start_run(s, decision_id, plugin.name, params, parent.id)
         plan = data_plan(s, parent, report.site)
         own_sites = frozenset(repo.sites_with_own_alias(s, parent.model))
+        authorised = authorised_baselines(s, parent, plan.evaluation)
     failpoint("treatment_start")
     t0 = time.perf_counter()  # restarted once the context is built: features are a one-off cache cost
     try:
@@ -232,12 +246,14 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
         if progress:
             progress(f"{plugin.name}: evaluating the candidate on {len(plan.evaluation)} held-out set(s)")
         evals = evaluate_candidate(cat, parent, parent_w, cand_w, thr.defaults, plan.evaluation, policy.gate.alpha,
-                                   thr.site_overrides)
+                                   thr.site_overrides, policy)
+        lineage = gather(cat, parent, cand_w, thr.defaults, thr.site_overrides, plan.evaluation, evals, authorised,
+                         training_patients(cat, plan.train + plan.calibration, result), policy.gate.alpha)
         verdict = (judge_group([report_view(r) for r in (report, *group)],
-                               [SiteEvaluation(d.name, d.source.get("site"), evals[d.id]) for d in plan.evaluation],
+                               site_evaluations(evals, plan.evaluation, lineage),
                                policy, measured=footprint_measured(result), own_alias_sites=own_sites) if group else
                    judge(report_view(report), evals, plan.evaluation, policy, measured=footprint_measured(result),
-                         own_alias_sites=own_sites))
+                         own_alias_sites=own_sites, lineage=lineage))
         failpoint("gate")
     except TreatmentDeclined as exc:
         if diagnosis is None:
@@ -253,7 +269,7 @@ def execute(url: str | None, home: Path, cat: Catalog, policy: Policy, plugin: T
         raise
     try:
         return _record(url, home, cat, plugin.name, run.id, report, parent, decision_id, plan, result,
-                       cand_w, data, thr, evals, verdict, wall)
+                       cand_w, data, thr, evals, verdict, wall, lineage.record())
     except Exception as exc:  # a full disk, a lost connection, a refused write: the one transaction did not commit
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         log.warning("recording the %s candidate failed: %s", plugin.name, text)
@@ -288,7 +304,7 @@ def _close(url, run_id, name, outcome, wall, *, error="", artifacts=None) -> Out
 
 
 def _record(url, home, cat, name, run_id, report, parent, decision_id, plan, result, cand_w, data,
-            thr: CandidateThresholds, evals, verdict: GateResult, wall) -> Outcome:
+            thr: CandidateThresholds, evals, verdict: GateResult, wall, lineage: dict[str, Any]) -> Outcome:
     rows = {d_id: ev.to_rows() for d_id, ev in evals.items()}
     held = verdict.passed and verdict.needs_approval
     outcome = RunOutcome.held if held else (RunOutcome.accepted if verdict.passed else RunOutcome.rejected)
@@ -296,7 +312,7 @@ def _record(url, home, cat, name, run_id, report, parent, decision_id, plan, res
     metrics = {"gate": {"passed": verdict.passed, "summary": verdict.summary, "needs_approval": verdict.needs_approval,
                         "scope": verdict.scope, "site": verdict.site,
                         "promote": intent.to_json(),
-                        "checks": [c.__dict__ for c in verdict.checks]}}
+                        "checks": [c.__dict__ for c in verdict.checks]}, **lineage}
     why = f"{name} for report {report.id}: {verdict.summary}"
     common = dict(trainable_parameters=result.trainable_parameters, decision_id=decision_id,
                   treatment_run_id=run_id, dataset_ids=plan.used_ids, evaluations=rows, notes=result.notes)

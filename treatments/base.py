@@ -169,6 +169,10 @@ class TreatmentResult:
     trainable_parameters: int = 0
     notes: str = ""
     artifacts: dict[str, Any] = field(default_factory=dict)
+    #: patient ids of rows it trained or tuned on beyond the splits of its context (data it read itself). The
+    #: engine records these with every patient of the splits it was handed, and the gate refuses a candidate
+    #: that saw a patient of an evaluation set (`decision.gate_lineage`, check `sequestration`)
+    training_patients: frozenset[str] | None = None
 
 
 class TreatmentDeclined(Exception):
