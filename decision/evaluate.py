@@ -317,7 +317,8 @@ def evaluate_scores(
     for that pathology. Returns an `EvaluationReport`. Raises `InvalidInput` (naming the argument)
     on mismatched shapes, labels other than 0/1/NaN, or a non-finite probability on a labelled case.
     With `subgroups` (each film's group per attribute), the candidate is also evaluated per subgroup at
-    its thresholds (`decision.subgroups.evaluate_subgroups`; a column of the wrong length raises).
+    its thresholds (`decision.subgroups.evaluate_subgroups`; a column of the wrong length raises), paired
+    with the parent on each group's rows when `probs_parent` is given (for `decision.gate_subgroups`).
     """
     lab = np.asarray(labels, dtype=float)
     if lab.ndim != 2:
@@ -337,5 +338,6 @@ def evaluate_scores(
         _one(names[j], lab[:, j], cand[:, j], None if par is None else par[:, j], t_cand[j], t_par[j], alpha)
         for j in range(p)
     )
-    groups = () if subgroups is None else evaluate_subgroups(lab, cand, t_cand, names, subgroups, alpha=alpha)
+    groups = () if subgroups is None else evaluate_subgroups(lab, cand, t_cand, names, subgroups, alpha=alpha,
+                                                             parent_probs=par, parent_thresholds=t_par)
     return EvaluationReport(n, tuple(names), results, par is not None, alpha, groups)

@@ -25,6 +25,8 @@ auditor can see exactly why a version was accepted or rejected. Checks:
 * `tp_loss`: true positives on the target that the parent caught and the candidate
   misses, within the absolute and/or fractional bound.
 * `recall_floor`: the target's recall stays at or above the floor.
+* `subgroup_noninferiority[P|attribute=group]`, `subgroup_recall[P|attribute=group]`: no subgroup harmed vs
+  the parent, Holm across the family (`decision.gate_subgroups`; policy `[subgroups] gate`).
 Missing evidence fails a check (fail closed), except pathologies that are not evaluable,
 which are listed as unchecked; intervals computed at another level than `gate.alpha` add a
 failing `interval_level` check.
@@ -263,6 +265,9 @@ def gate(
     if not evaluation.has_parent:
         checks.append(Check("noninferiority", False, "the evaluation has no parent to compare with"))
     checks += [_tp_loss(target, policy), _recall_floor(report, target, policy)]
+    from decision.gate_subgroups import subgroup_checks  # it builds on this module's Check
+
+    checks += subgroup_checks(evaluation, report.pathology, policy)  # no group harmed (Holm over the family)
     if abs(evaluation.alpha - policy.gate.alpha) > 1e-12:  # intervals at another level than the policy's
         level = f"evaluated at alpha {evaluation.alpha:g}, the policy asks for {policy.gate.alpha:g}"
         checks.append(Check("interval_level", False, level, evaluation.alpha, policy.gate.alpha))

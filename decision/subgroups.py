@@ -8,7 +8,11 @@ group's labelled rows:
 * AUROC with its DeLong (1 - alpha) interval (`cxr.stats.delong_ci` on the group's rows alone);
 * recall TP/(TP+FN) and FPR FP/(FP+TN) at the operating point (`score >= threshold`, as
   `cxr.stats.binary_metrics`), each with its exact Clopper–Pearson (1 - alpha) interval, which holds at
-  any group size (`cxr.estimate.clopper_pearson`).
+  any group size (`cxr.estimate.clopper_pearson`);
+* with the parent's scores on the same rows, the paired comparison the subgroup gate needs
+  (`decision/gate_subgroups.py`): the AUROC change with its paired DeLong standard error
+  (`cxr.stats.delong_paired`), the parent's recall at its own threshold, and the discordant positives —
+  those the parent caught and the candidate misses (`recall_lost`) and the reverse (`recall_gained`).
 
 **Too small to judge.** A group with fewer than `min_positives` positives or `min_negatives` negatives for
 a pathology (or without a defined AUROC interval) is kept, marked `judgeable = False` with the reason, and
@@ -34,7 +38,7 @@ import numpy as np
 
 from cxr.errors import InvalidInput
 from cxr.estimate import clopper_pearson
-from cxr.stats import delong_ci
+from cxr.stats import delong_ci, delong_paired
 from decision.power import hanley_mcneil_variance
 
 __all__ = ["ATTRIBUTES", "SubgroupEval", "SubgroupInput", "SubgroupSettings", "age_band_labels",
@@ -102,6 +106,12 @@ class SubgroupEval:
     #: positives at which z·sqrt(V_HM) of this group's AUROC is ≤ margin (module doc); None past 10,000,000
     positives_needed: int | None
     margin: float
+    #: paired with the parent on the same rows (None without the parent's scores, or where undefined)
+    delta_auroc: float | None = None
+    se_delta: float | None = None
+    parent_recall: float | None = None
+    recall_lost: int | None = None
+    recall_gained: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -190,9 +200,26 @@ def _num(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
+def _paired(y: np.ndarray, s: np.ndarray, p: np.ndarray | None, t: float | None, t_par: float | None) -> dict:
+    """The candidate (`s`, threshold `t`) vs the parent (`p`, `t_par`) on one group's labelled rows."""
+    if p is None or not np.isfinite(p).all() or not np.isfinite(s).all():
+        return {}
+    out: dict = {}
+    if y.any() and not y.all():
+        pr = delong_paired(y, s, p)
+        if not math.isnan(pr.var):
+            out |= {"delta_auroc": float(pr.delta), "se_delta": math.sqrt(pr.var)}
+    if t is not None and t_par is not None and y.any():
+        hit_c, hit_p = s[y] >= t, p[y] >= t_par
+        out |= {"parent_recall": float(hit_p.mean()), "recall_lost": int(np.count_nonzero(hit_p & ~hit_c)),
+                "recall_gained": int(np.count_nonzero(hit_c & ~hit_p))}
+    return out
+
+
 def _one_group(name: str, attr: str, group: str, y_col: np.ndarray, s_col: np.ndarray, t: float | None,
                settings: SubgroupSettings, alpha: float, overall_auc: float | None,
-               prevalence: float | None) -> SubgroupEval:
+               prevalence: float | None, p_col: np.ndarray | None = None,
+               t_par: float | None = None) -> SubgroupEval:
     known = ~np.isnan(y_col)
     y, s = y_col[known].astype(bool), s_col[known]
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
@@ -215,21 +242,26 @@ def _one_group(name: str, attr: str, group: str, y_col: np.ndarray, s_col: np.nd
         reason = "too small to judge: no AUROC interval (the model has no finite score for every case)"
     a = auc if auc is not None else (overall_auc if overall_auc is not None else 0.75)
     need = positives_for_half_width(a, n_pos, n_neg, settings.margin, alpha, prevalence=prevalence)
+    paired = _paired(y, s, None if p_col is None else p_col[known], t, t_par)
     return SubgroupEval(name, attr, group, int(y.size), n_pos, n_neg, int(y_col.size - y.size), auc, lo, hi, t,
-                        tp, fn, fp, tn, *rec, *fpr, reason is None, reason, need, settings.margin)
+                        tp, fn, fp, tn, *rec, *fpr, reason is None, reason, need, settings.margin, **paired)
 
 
 def evaluate_subgroups(labels, probs, thresholds: Sequence[float | None], pathologies: Sequence[str],
-                       subgroups: SubgroupInput, *, alpha: float = 0.05) -> tuple[SubgroupEval, ...]:
+                       subgroups: SubgroupInput, *, alpha: float = 0.05, parent_probs=None,
+                       parent_thresholds: Sequence[float | None] | None = None) -> tuple[SubgroupEval, ...]:
     """Every pathology × every group of every attribute in `subgroups.columns`, in that order.
 
     `labels` N x P (0/1/NaN), `probs` N x P (an all-NaN column: no output, the pathology is skipped — the
     per-pathology report already says "not evaluable"), the P operating thresholds (None: no operating
     point, so no recall/FPR) and names. Groups are listed in sorted order of their labels; a group with no
     labelled film for a pathology still appears (n = 0, too small). Raises `InvalidInput` on a column
-    whose length is not N.
+    whose length is not N. With the parent's N x P `parent_probs` (and its thresholds), each group also
+    carries the paired comparison with the parent on its rows (module doc).
     """
     lab, pr = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
+    par = None if parent_probs is None else np.asarray(parent_probs, dtype=float)
+    t_par = list(parent_thresholds) if parent_thresholds is not None else [None] * len(pathologies)
     n = lab.shape[0]
     cols = {a: np.asarray(list(v), dtype=object) for a, v in subgroups.columns.items()}
     for a, v in cols.items():
@@ -250,7 +282,8 @@ def evaluate_subgroups(labels, probs, thresholds: Sequence[float | None], pathol
             for g in sorted(set(col.tolist())):
                 rows = col == g
                 out.append(_one_group(name, attr, str(g), y_all[rows], s_all[rows], thresholds[j],
-                                      subgroups.settings, alpha, overall, prevalence))
+                                      subgroups.settings, alpha, overall, prevalence,
+                                      None if par is None else par[rows, j], t_par[j]))
     return tuple(out)
 
 

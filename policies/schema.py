@@ -274,7 +274,12 @@ class SubgroupsPolicy(_Strict):
     "<40" (age < 40), "40-64" (40 <= age < 65) and "65+" (age >= 65). A group with fewer than `min_positives`
     positives or `min_negatives` negatives for a pathology is reported as too small to judge, with the number of
     positives its AUROC interval would need to be no wider than ± `margin` (None: the gate's noninferiority
-    margin); it is never dropped."""
+    margin); it is never dropped.
+
+    The subgroup gate (`decision.gate_subgroups`, on when `gate`): in every judgeable group, a one-sided paired
+    test of harm vs the parent — AUROC below -`margin` (paired DeLong), and with `gate_recall` recall at the
+    operating point below the parent's (exact test on the discordant positives) — on the report's pathology
+    (`gate_pathologies = "all"`: every evaluable pathology), Holm across the family at `gate.alpha`."""
 
     enabled: bool = True
     attributes: list[Literal["sex", "age_band", "view", "site"]] = ["sex", "age_band", "view", "site"]
@@ -283,6 +288,9 @@ class SubgroupsPolicy(_Strict):
     min_positives: int = Field(10, ge=1)
     min_negatives: int = Field(10, ge=1)
     margin: Rate | None = None
+    gate: bool = True
+    gate_pathologies: Literal["target", "all"] = "target"
+    gate_recall: bool = True
 
     @field_validator("age_bands")
     @classmethod
