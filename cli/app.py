@@ -24,7 +24,17 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from cli import cmd_analyze, cmd_audit, cmd_decide, cmd_demo, cmd_footprint, cmd_imaging, cmd_monitor, cmd_registry
+from cli import (
+    cmd_analyze,
+    cmd_audit,
+    cmd_decide,
+    cmd_demo,
+    cmd_footprint,
+    cmd_imaging,
+    cmd_monitor,
+    cmd_notify,
+    cmd_registry,
+)
 from cli.output import error_line
 from cxr.errors import DecideError
 
@@ -138,6 +148,7 @@ _COMMAND_MODULES = (
     cmd_demo,       # demo
     cmd_footprint,  # export-onnx
     cmd_analyze,    # analyze exclusivity / channels / figures, findings (per-study clinical document)
+    cmd_notify,     # notify add / list / remove / rotate / test / deliver / log / redeliver
 )
 
 #: top-level command or group name → the module that defines it

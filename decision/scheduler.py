@@ -289,7 +289,19 @@ class Scheduler:
             self._finish(pass_id, PassStatus.failed, {}, "interrupted")
             raise
         self._finish(pass_id, status, summary, error)
+        self._deliver_notifications()
         return self._note(PassOutcome(schedule.id, fire_time, True, status, pass_id, error))
+
+    def _deliver_notifications(self) -> None:
+        """After each pass: send what the pass (or anyone) put in the outbox; a failure is logged, never fatal."""
+        from decision.notify import deliver
+
+        try:
+            out = deliver(self.url)
+            if out.attempted:
+                log.info("notifications: %d delivered, %d to retry, %d dead", out.delivered, out.retrying, out.dead)
+        except Exception as exc:  # the outbox keeps the events: the next pass or `decide notify deliver` sends them
+            log.warning("notification delivery failed: %s", exc)
 
     def _keep(self, s: Session, lease: str, pass_id: int) -> None:
         """While a pass runs: renew the schedule's lease and the pass's heartbeat."""

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cxr.kinds import IssueKind
-from registry import models_jobs, models_label_free  # noqa: F401  (their tables: on the same metadata)
+from registry import models_jobs, models_label_free, models_notify  # noqa: F401  (their tables: on the same metadata)
 from registry.entities import (
     ApprovalEntity,
     AuditEventEntity,

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
-from registry import audit
+from registry import audit, repo_notify
 from registry.entities import PRODUCTION, AliasEntity, VersionStatus, alias_label
 from registry.models import AliasHistoryRow, AliasRow, ModelRow, PromotionGrantRow, VersionRow, utcnow
 from registry.repo_common import actor_of
@@ -102,6 +102,14 @@ def set_alias(session: Session, model: str, alias: str, version_id: int, *, acto
             v.status = VersionStatus.production
         session.flush()
         audit.record_many(session, events, actor=who)
+        if alias == PRODUCTION:  # same transaction: the event exists iff the move commits
+            back = action == "alias.rollback"
+            repo_notify.enqueue(
+                session, "version.rolled_back" if back else "version.promoted", site=site,
+                summary=f"{model}:{v.version} {'rolled back to' if back else 'promoted to'} production at "
+                        f"{site or 'every site'} (was {old_ref or 'none'})",
+                command=f"decide history {model}" + (f" --site {site}" if site else ""),
+                version=f"{model}:{v.version}", previous=old_ref, grant=grant, run_id=run_id)
     return AliasEntity(model, alias, version_id, v.version, row.updated_by, row.updated_at, site)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
-from registry import audit
+from registry import audit, repo_notify
 from registry.entities import DecisionEntity, DecisionStatus, RunEntity, RunOutcome, Verdict
 from registry.models import ApprovalRow, CandidateRow, DecisionReportRow, DecisionRow, ReportRow, RunRow, utcnow
 from registry.repo_common import actor_of, finite_or_none
@@ -84,9 +84,20 @@ def create_decision(session: Session, report_ids: Sequence[int], policy_digest: 
         "candidates": [{"rank": r["rank"], "treatment": r["treatment"], "expected_cost": r["expected_cost"],
                         "p_success": r["p_success"], "applicable": r["applicable"]} for r in rows],
     }, reason=rationale, actor=who)
+    _notify_status(session, row.id, status, chosen)
     session.flush()
     session.expire(row)
     return get_decision(session, row.id)
+
+
+def _notify_status(session: Session, decision_id: int, status: DecisionStatus, chosen: str | None) -> None:
+    # in the caller's transaction: the event exists iff the status change commits
+    if status is DecisionStatus.awaiting_approval:
+        repo_notify.enqueue_decision(session, "decision.awaiting_approval", decision_id,
+                                     f"awaits approval to run {chosen or 'its treatment'}")
+    elif status is DecisionStatus.exhausted:
+        repo_notify.enqueue_decision(session, "decision.exhausted", decision_id,
+                                     "exhausted its ladder: no treatment fixed the issue")
 
 
 def get_decision(session: Session, decision_id: int, *, lock: bool = False) -> DecisionEntity:
@@ -114,6 +125,8 @@ def set_decision_status(session: Session, decision_id: int, status: DecisionStat
         row.chosen = chosen
     audit.record(session, "decision.status", "decision", decision_id, old=old,
                  new={"status": status, "chosen": row.chosen}, reason=reason, actor=actor)
+    if status is not old["status"]:
+        _notify_status(session, decision_id, status, row.chosen)
     session.flush()
     return row.to_entity()
 
@@ -205,6 +218,7 @@ def _verdict(session: Session, decision_id: int, verdict: Verdict, actor: str | 
     audit.record(session, f"decision.{verdict.value}", "decision", decision_id,
                  old={"status": DecisionStatus.awaiting_approval}, new={"status": new_status, "verdict": verdict,
                  **({"four_eyes": "waived by policy"} if own else {})}, reason=reason, actor=who)
+    repo_notify.enqueue_decision(session, f"decision.{verdict.value}", decision_id, f"was {verdict.value} by {who}")
     session.flush()
     session.expire(row)
     return get_decision(session, decision_id)

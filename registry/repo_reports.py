@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound, TransientError
 from cxr.kinds import IssueKind
-from registry import audit
+from registry import audit, repo_notify
 from registry.entities import IngestResult, ReportEntity, ReportStatus
 from registry.models import ModelRow, ReportRow, VersionRow, utcnow
 from registry.repo_common import actor_of, insert_ignore
@@ -202,8 +202,22 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
                     "value": row["value"], "target": row["target"], "site": row["site"],
                     "window": [key[4], key[5]], "source": row["source"], "status": "open"},
         } for key, row in created], actor=who)
+        given = {k: r for k, r in reversed(keyed)}  # key → the first input line with it
+        for key, row in created:
+            if row["kind"] is IssueKind.distribution_shift:  # same transaction: exists iff the report commits
+                ref = f"{given[key]['model']}:{given[key]['version']}"
+                repo_notify.enqueue(
+                    session, "report.distribution_shift", site=row["site"], report_id=known[key], version=ref,
+                    pathology=row["pathology"],
+                    summary=f"distribution shift at {row['site'] or 'every site'} on {ref} ({row['pathology']}: "
+                            f"{row['metric']} {_g(row['value'])} vs target {_g(row['target'])})",
+                    command=f"decide reports --status open --model {given[key]['model']}")
     ids = [known[k] for k, _ in keyed]
     return IngestResult(ids=ids, created=len(new_rows), existing=len(ids) - len(new_rows))
+
+
+def _g(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, int | float) else str(x)
 
 
 def _load(session: Session, ids: Sequence[int]) -> list[ReportEntity]:
