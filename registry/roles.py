@@ -3,7 +3,8 @@
 An auditor must be able to read everything and change nothing, and that must
 hold in the database, not only in this program (21 CFR 11.10(g), authority
 checks): `grant_auditor` creates (or updates) a role with CONNECT on the
-database, USAGE on the registry's schema and SELECT on the registry's tables —
+database, USAGE on the registry's schema and SELECT on the registry's tables
+(webhook signing keys excepted: `SECRET_COLUMNS`, every other column of their table) —
 no INSERT, UPDATE, DELETE, TRUNCATE, no sequence use, no CREATE — makes its
 transactions read-only by default, and grants SELECT on tables that later
 migrations create (default privileges of the role that runs the migrations).
@@ -29,6 +30,8 @@ from registry.session import database_url, get_engine
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: the registry's tables besides the ORM's (check_schema reads it)
 EXTRA_TABLES = ("alembic_version",)
+#: columns an auditor may not read: webhook signing keys (an auditor reads every other column of their table)
+SECRET_COLUMNS = {"notify_endpoints": ("secret", "previous_secret")}
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,12 @@ def grant_auditor(role: str, *, url: str | None = None, login: bool = True) -> A
         tables = [t for t in tables if t in present]
         for t in tables:
             c.execute(text(f"REVOKE ALL ON TABLE {s}.{q(t)} FROM {r}"))
-            c.execute(text(f"GRANT SELECT ON TABLE {s}.{q(t)} TO {r}"))
+            if t in SECRET_COLUMNS:  # every column but the secrets (a column grant, not a view)
+                cols = ", ".join(q(col.name) for col in Base.metadata.tables[t].columns
+                                 if col.name not in SECRET_COLUMNS[t])
+                c.execute(text(f"GRANT SELECT ({cols}) ON TABLE {s}.{q(t)} TO {r}"))
+            else:
+                c.execute(text(f"GRANT SELECT ON TABLE {s}.{q(t)} TO {r}"))
         c.execute(text(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM {r}"))
         c.execute(text(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON TABLES TO {r}"))
     return AuditorGrant(role, db, schema, found is None, login, tables)
