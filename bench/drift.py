@@ -42,9 +42,6 @@ called as `decision.unlabelled.assess_unlabelled` calls them. Windows are drawn 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -53,6 +50,8 @@ import _common
 import numpy as np
 import torch
 from _drift_data import Films, capacity, load_model, score, site_a_pool, site_pool
+from _drift_peers import coverage, evidently, nannyml, rate
+from _drift_table import table
 from scipy.stats import binomtest, fisher_exact
 
 from cxr.data import phantom_dataset
@@ -77,18 +76,6 @@ def sizes(quick: bool) -> dict:
     return {"n_train": 8000, "epochs": 5, "n_cal": 2000, "null": (50, 200), "null_windows": 200,
             "more_windows": 1000, "det": (25, 50, 100, 200), "det_windows": 50, "est": {200: (100, 50), 1000: (20, 10)},
             "timing": 20, "ood_batch": 200}
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    ci = binomtest(k, n).proportion_ci(method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def rate(flags) -> dict:
-    f = np.asarray(flags, dtype=bool)
-    lo, hi = wilson(int(f.sum()), f.size)
-    return {"k": int(f.sum()), "n": int(f.size), "rate": round(float(f.mean()), 4), "wilson": [round(lo, 4),
-                                                                                               round(hi, 4)]}
 
 
 def windows(n_pool: int, n: int, count: int, rng: np.random.Generator) -> tuple[list[np.ndarray], int]:
@@ -164,43 +151,8 @@ def summarise_null(runs: list[dict], disjoint: int, alpha: float) -> dict:
     return s
 
 
-# ---------------------------------------------------------------- 2: Evidently
-
-
-def evidently(python: str | None, ref, cal_feats: np.ndarray, groups: dict[str, list[np.ndarray]],
-              pools: dict[str, Films], crosscheck: bool) -> dict:
-    if not python:
-        return {"run": False, "why": "not run: no --evidently-python given"}
-    arrays = {"names": np.array([str(n) for n in ref.pathologies]), "ref_scores": ref.drift.scores,
-              "ref_features": cal_feats, "ref_sample": ref.drift.features, "groups": np.array(list(groups)),
-              "crosscheck": np.array(crosscheck)}
-    for g, wins in groups.items():
-        f = pools[g.split("/")[0]]
-        idx = np.concatenate(wins) if wins else np.empty(0, dtype=int)
-        arrays[f"{g}.scores"], arrays[f"{g}.features"] = f.probs[idx], f.feats[idx]
-        arrays[f"{g}.offsets"] = np.cumsum([0, *[len(w) for w in wins]])
-    out = _peer(python, "_evidently_runner.py", arrays)
-    if "why" in out:
-        return {"run": False, "why": out["why"]}
-    res = {"run": True, **{k: out[k] for k in out if k != "groups"}, "groups": {}}
-    for g, rows in out["groups"].items():
-        res["groups"][g] = {
-            "preset (>= 50 % of score columns drift)": rate([r["dataset_drift"] for r in rows]),
-            "embeddings (AUC > 0.55, calibration split)": rate([r["embedding_drift"] for r in rows]),
-            "embeddings (bootstrap, product's sample)": rate([r["embedding_sample_drift"] for r in rows]),
-            "preset or embeddings": rate([r["dataset_drift"] or r["embedding_drift"] for r in rows]),
-            "any score column drifts": rate([r["drifted_columns"] > 0 for r in rows]),
-            "mean drifted columns": round(float(np.mean([r["drifted_columns"] for r in rows])), 2),
-            "column test": rows[0]["column_test"] if rows else None}
-    return res
-
-
 # ---------------------------------------------------------------- 4: estimates against realised values
 
-
-def _realised(k: int, n: int) -> tuple[float, float]:
-    ci = binomtest(k, n).proportion_ci(method="exact")  # Clopper-Pearson, computed by scipy
-    return float(ci.low), float(ci.high)
 
 
 def estimation(mon: Monitor, f: Films, wins: list[np.ndarray], tag: str) -> tuple[dict, list[dict]]:
@@ -260,79 +212,6 @@ def estimation(mon: Monitor, f: Films, wins: list[np.ndarray], tag: str) -> tupl
         "mean_ood_share": round(float(np.mean(ood_shares)), 4) if ood_shares else None,
     }
     return summary, records
-
-
-def coverage(records: list[dict], rk: str, fk: str) -> dict:
-    """Share of pairs whose estimated recall and FPR both lie in the realised value's Clopper-Pearson 95 % interval
-    (pairs without a realised recall or FPR, or without an estimate, are left out and counted)."""
-    hits, rec_in, fpr_in, errs, by = 0, 0, 0, [], {}
-    usable = [r for r in records if r[rk] is not None and r["counts"][1] > 0 and r["counts"][3] > 0]
-    for r in usable:
-        tp, npos, fp, nneg = r["counts"]
-        ok_r = (lambda ci: ci[0] <= r[rk] <= ci[1])(_realised(tp, npos))
-        ok_f = (lambda ci: ci[0] <= r[fk] <= ci[1])(_realised(fp, nneg))
-        hits, rec_in, fpr_in = hits + (ok_r and ok_f), rec_in + ok_r, fpr_in + ok_f
-        errs.append((abs(r[rk] - tp / npos), abs(r[fk] - fp / nneg)))
-        b = by.setdefault(r["pathology"], [0, 0])
-        b[0], b[1] = b[0] + 1, b[1] + (ok_r and ok_f)
-    n = len(usable)
-    return {"pairs": n, "left_out": len(records) - n, "inside_both": round(hits / n, 4) if n else None,
-            "inside_recall": round(rec_in / n, 4) if n else None, "inside_fpr": round(fpr_in / n, 4) if n else None,
-            "mean_abs_error": np.round(np.mean(errs, axis=0), 4).tolist() if errs else None,
-            "by_pathology": {k: f"{v[1]}/{v[0]}" for k, v in sorted(by.items())}}
-
-
-def nannyml(python: str | None, mon: Monitor, cal_probs, cal_labels, runs: dict[str, tuple[Films, list, list]]) -> dict:
-    """NannyML's CBPE (bench/_nannyml_runner.py) on the same windows and operating points; coverage as ours."""
-    if not python:
-        return {"run": False, "why": "not run: no --nannyml-python given"}
-    arrays, tasks = {}, []
-    for g, (f, wins, _) in runs.items():
-        for name, t in mon.cols.items():
-            j = mon.names.index(name)
-            known = ~np.isnan(cal_labels[:, j])
-            task = f"{g}|{name}"
-            tasks.append(task)
-            arrays |= {f"{task}.ref_scores": cal_probs[known, j], f"{task}.ref_labels": cal_labels[known, j],
-                       f"{task}.threshold": np.array(t), f"{task}.scores": f.probs[np.concatenate(wins), j],
-                       f"{task}.window": np.array(len(wins[0]))}
-    arrays["tasks"] = np.array(tasks)
-    out = _peer(python, "_nannyml_runner.py", arrays)
-    if "why" in out:
-        return {"run": False, "why": out["why"]}
-    res = {"run": True, "nannyml": out["nannyml"], "pandas": out["pandas"], "seconds": out["seconds"], "groups": {}}
-    for g, (_, _, records) in runs.items():
-        got, failed = [], {}
-        for r in records:
-            est = out["tasks"].get(f"{g}|{r['pathology']}", {})
-            if "error" in est:
-                failed[r["pathology"]] = est["error"]
-                continue
-            i = r["window"]
-            got.append({**r, "cbpe_recall": _num(est["recall"][i]), "cbpe_fpr": _num(est["fpr"][i])})
-        res["groups"][g] = {"CBPE (all pairs)": coverage(got, "cbpe_recall", "cbpe_fpr"),
-                            "CBPE (pairs where ours is valid)": coverage([r for r in got if r["valid"]], "cbpe_recall",
-                                                                          "cbpe_fpr"),
-                            "failed": failed}
-    return res
-
-
-def _num(v):
-    return None if v is None or not np.isfinite(v) else float(v)
-
-
-def _peer(python: str, runner: str, arrays: dict) -> dict:
-    """Run a peer's runner in its own venv on arrays handed over as a temporary .npz; its JSON, or {"why": …}."""
-    with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "in.npz", **arrays)
-        try:
-            proc = subprocess.run([python, str(Path(__file__).with_name(runner)), str(Path(tmp) / "in.npz"),
-                                   str(Path(tmp) / "out.json")], capture_output=True, text=True, timeout=3000)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"why": f"not run: {type(exc).__name__}: {exc}"}
-        if proc.returncode != 0:
-            return {"why": "not run: " + (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-        return json.loads((Path(tmp) / "out.json").read_text())
 
 
 # ---------------------------------------------------------------- 5 and 6
@@ -508,65 +387,6 @@ def main() -> None:
     shown |= {} if args.json else {"peers": {k: {x: v for x, v in figures[k].items() if x != "groups"}
                                              for k in ("evidently", "nannyml_cbpe")}}
     _common.output("monitoring without labels (phantom)", table(figures), shown, args.json)
-
-
-def _pct(s: dict) -> str:
-    return f"{100 * s['rate']:.1f} % [{100 * s['wilson'][0]:.1f}, {100 * s['wilson'][1]:.1f}]"
-
-
-def _share(c: dict | None) -> str:
-    return "-" if not c or c["inside_both"] is None else f"{100 * c['inside_both']:.1f} % of {c['pairs']}"
-
-
-def table(fig: dict) -> list[dict]:
-    """One row per figure: ours beside the peer's where one ran on the same windows."""
-    rows, ev, nml = [], fig["evidently"], fig["nannyml_cbpe"]
-
-    def row(figure, windows, ours, peer, goal, met=""):
-        rows.append({"figure": figure, "windows": windows, "ours": ours, "peer": peer, "goal": goal, "met": met})
-
-    for n, v in fig["false_alarms"].items():
-        e = ev["groups"].get(f"site-a/null-{n}") if ev["run"] else None
-        peer = (f"Evidently {_pct(e['preset (>= 50 % of score columns drift)'])}; +emb "
-                f"{100 * e['preset or embeddings']['rate']:.1f} %") if e else ev.get("why", "")
-        for part in ("first", "more"):
-            if part in v:
-                s = v[part]
-                extra = f" + {s['n'] - s['disjoint_windows']} resampled" if s["n"] > s["disjoint_windows"] else ""
-                row(f"false alarms site-a n={n}", f"{s['k']}/{s['disjoint_windows']} disjoint{extra}", _pct(s),
-                    peer if part == "first" else "", "<= 5 %, Wilson <= 8 %",
-                    s["rate"] <= 0.05 and s["wilson"][1] <= 0.08)
-    for key, s in fig["detection"].items():
-        site, n = key.split(" n=")
-        e = ev["groups"].get(f"{site}/det-{n}") if ev["run"] else None
-        peer = (f"Evidently {_pct(e['preset (>= 50 % of score columns drift)'])}; +emb "
-                f"{100 * e['preset or embeddings']['rate']:.1f} %") if e else ""
-        row(f"detection {site} n={n}", f"{s['k']}/{s['n']}", _pct(s), peer, ">= 90 % at <= 200",
-            s["rate"] >= 0.9 if n == "200" else "")
-    for key, e in fig["estimation"].items():
-        ours = e["ours (valid pairs)"]
-        g = nml["groups"].get(key) if nml["run"] else None
-        peer = (f"CBPE {_share(g['CBPE (pairs where ours is valid)'])} (all: {_share(g['CBPE (all pairs)'])})"
-                if g else nml.get("why", ""))
-        row(f"estimate in realised 95 % CP, {key}", f"{e['windows']} x {e['pairs'] // max(e['windows'], 1)} pairs",
-            f"{_share(ours)} valid; {e['not_valid_pairs']} not valid; unchecked "
-            f"{_share(e['ours without the validity rules (all pairs)'])}", peer, ">= 90 % of valid",
-            "" if ours["inside_both"] is None else ours["inside_both"] >= 0.9)
-        if key.startswith("site-a"):
-            for q, c in e["concept_shift"].items():
-                if q.startswith("negatives"):
-                    row(f"concept shift {key}: {e['concept_shift']['finding']}, {q}", f"{c['windows_checked']}",
-                        f"{c['contradicted_after_holm']} contradicted (alone {c['contradicted_alone']}); clean "
-                        f"labels {e['windows_contradicted_clean_labels']}", "", "says: not trusted")
-    for site, s in fig["ood_share"].items():
-        row(f"OOD share {site} (rate {fig['ood_rate_used']:g})", str(s["n"]), _pct(s), "", "information")
-    tm = fig["timing"]
-    med = tm["median_ms"]
-    row("label-free assessment of a window of 200", str(tm["windows"]),
-        f"{tm['label_free_assessment_ms']['median']} ms (drift {med['drift tests']}, estimates {med['estimates']}, "
-        f"OOD {med['ood checks']}, pixels {med['pixel summaries']}); inference {med['inference']} ms",
-        f"Evidently {1000 * ev['seconds_per_window']:.0f} ms" if ev["run"] else "", "information")
-    return rows
 
 
 if __name__ == "__main__":
