@@ -101,7 +101,10 @@ def failpoint(name: str) -> None:
         time.sleep(float(arg))
     elif kind == "wait":
         release = Path(arg)
-        Path(f"{arg}.waiting").write_text(f"{name} {os.getpid()}\n")
+        # Written under another name and renamed: a watcher that sees PATH.waiting sees it whole.
+        part = Path(f"{arg}.waiting.{os.getpid()}.part")
+        part.write_text(f"{name} {os.getpid()}\n")
+        os.replace(part, f"{arg}.waiting")
         end = time.monotonic() + WAIT_LIMIT_S
         while not release.exists() and time.monotonic() < end:
             time.sleep(0.05)
