@@ -175,7 +175,7 @@ def reports_cmd(status: ReportStatus | None = typer.Option(None, "--status", hel
                 model: str | None = typer.Option(None, "--model", help="Only this model."),
                 limit: int = typer.Option(200, "--limit", help="At most this many."),
                 as_json: bool = JSON_OPT) -> None:
-    """List error reports."""
+    """List error reports (a subgroup report shows its subgroup after its site: "site-b · view=AP")."""
     from registry import repo
     from registry.session import session_scope
 
@@ -187,7 +187,8 @@ def reports_cmd(status: ReportStatus | None = typer.Option(None, "--status", hel
                   title=f"{len(rows)} report(s)", right=("id", "value", "target"))
         for r in rows:
             t.add_row(str(r.id), f"{r.model}:{r.version}", r.pathology, r.kind.value, r.metric, fmt_float(r.value),
-                      fmt_float(r.target), r.site, f"{r.window_start:%Y-%m-%d}…{r.window_end:%Y-%m-%d}",
+                      fmt_float(r.target), r.site + (f" · {r.subgroup}" if r.subgroup else ""),
+                      f"{r.window_start:%Y-%m-%d}…{r.window_end:%Y-%m-%d}",
                       r.status.value + (f" ({r.claimed_by})" if r.claimed_by else ""))
         console.print(t)
 

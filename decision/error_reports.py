@@ -16,11 +16,13 @@ cause a treatment — and the sender must learn why. Every refusal is an
 * identifiers (`model`, `site`, `source`: letters, digits, `._-`; `pathology`:
   printable text) carry no control, bidi-override or path characters — they
   reach terminals, file names and the HTML report — and are length-capped;
-* the window is ordered (start before end), after 1970 and not in the future.
+* the window is ordered (start before end), after 1970 and not in the future;
+* `subgroup` ("" = the whole site, else e.g. "view=AP" or "sex=F&age_band=65+") is canonical: known
+  attributes (sex, age_band, view) in that order, known values (`cxr.subgroup_key`).
 
 The registry then checks what only it can know: the version exists, the
 pathology is one of its outputs, and a report with the same key (version, site,
-pathology, kind, window) is either identical (a no-op) or refused, naming the
+subgroup, pathology, kind, window) is either identical (a no-op) or refused, naming the
 stored report and the fields that differ. A file is all-or-nothing: one bad line
 refuses the whole file and nothing is written. `decide schema report` prints
 the JSON Schema.
@@ -49,6 +51,7 @@ from sqlalchemy.orm import Session
 from cxr import clock
 from cxr.errors import InvalidInput, NotFound
 from cxr.kinds import METRICS, IssueKind, metrics_of
+from cxr.subgroup_key import check_subgroup
 from registry import repo
 from registry.entities import IngestResult
 
@@ -159,6 +162,10 @@ class ErrorReport(BaseModel):
     value: Finite
     target: Finite
     site: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
+    subgroup: Annotated[str, Field(strict=True, max_length=128, description=(
+        "the patients of the site it is about: '' (all), else attribute=value pairs joined by '&' in the order "
+        "sex, age_band, view, e.g. 'view=AP', 'sex=F&age_band=65+' (sex F|M; view AP|PA|LL|LATERAL; age_band "
+        "<N, N-M or N+)"))] = ""
     window_start: AwareDatetime
     window_end: AwareDatetime
     counts: Counts
@@ -170,6 +177,11 @@ class ErrorReport(BaseModel):
     @classmethod
     def _names(cls, v: str | None) -> str | None:
         return v if v is None else check_name(v)
+
+    @field_validator("subgroup")
+    @classmethod
+    def _subgroup(cls, v: str) -> str:
+        return check_subgroup(v)
 
     @field_validator("pathology")
     @classmethod

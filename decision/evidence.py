@@ -67,12 +67,12 @@ def serving_version(session: Session, report: ReportEntity) -> VersionEntity:
 
 def report_info(r: ReportEntity) -> ReportInfo:
     cases = tuple(Case(str(c.get("image_id")), float(c.get("score", 0.0)), c.get("label")) for c in r.cases)
-    return ReportInfo(r.id, r.pathology, r.kind.value, r.metric, r.value, r.target, r.site, cases)
+    return ReportInfo(r.id, r.pathology, r.kind.value, r.metric, r.value, r.target, r.site, cases, r.subgroup)
 
 
 def report_view(r: ReportEntity) -> ReportView:
     return ReportView(r.id, r.model, r.version, r.pathology, r.kind.value, r.metric, r.value, r.target, r.site,
-                      any(c.get("label") == 0 for c in r.cases) or bool(r.cases), len(r.cases))
+                      any(c.get("label") == 0 for c in r.cases) or bool(r.cases), len(r.cases), r.subgroup)
 
 
 def slo_for(policy: Policy, pathology: str) -> Slo:
@@ -175,7 +175,7 @@ def calibration_feasibility(session: Session, catalog: Catalog, policy: Policy, 
     t0 = parent.thresholds_for(report.site).get(report.pathology)
     slo = policy.slos.for_pathology(report.pathology)
     aim = target_of(report.kind.value, report.metric, report.target, slo.max_fpr, slo.min_recall)
-    if t0 is None or aim is None or not report.site:
+    if t0 is None or aim is None or not report.site or report.subgroup:  # (a subgroup's rows: judged by the gate)
         return None
     try:
         sets = [d for d in data_plan(session, parent, report.site).calibration if d.source.get("site") == report.site]

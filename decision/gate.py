@@ -261,6 +261,9 @@ def gate(
     measured = dict(measured or {})
     target = evaluation.get(report.pathology)
     checks = [_target_check(report, target, policy, measured)]
+    from decision.gate_subgroup_target import report_target_check  # a subgroup report: on the subgroup's rows
+
+    checks[0] = report_target_check(report, evaluation, policy, measured, checks[0])
     checks += [noninferiority_check(r, policy) for r in evaluation.results if r.pathology != report.pathology]
     if not evaluation.has_parent:
         checks.append(Check("noninferiority", False, "the evaluation has no parent to compare with"))
@@ -407,6 +410,8 @@ def judge_group(reports: list[ReportView], evaluations: list[SiteEvaluation], po
     sites' sets, `slo_kept` for its pathology (binding as the lead's other-site checks are: not when the promotion
     is for the site alone). The verdict passes only when every binding check of every report passes.
     """
+    from decision.gate_subgroup_target import report_target_check
+
     lead = judge_sites(reports[0], evaluations, policy, measured=measured, own_alias_sites=own_alias_sites)
     if len(reports) == 1 or not evaluations:
         return lead
@@ -417,7 +422,8 @@ def judge_group(reports: list[ReportView], evaluations: list[SiteEvaluation], po
     for r in reports[1:]:
         for e in here:
             target = e.evaluation.get(r.pathology)
-            for c in (_target_check(r, target, policy, {}), _tp_loss(target, policy), _recall_floor(r, target, policy)):
+            fixed = report_target_check(r, e.evaluation, policy, {}, _target_check(r, target, policy, {}))
+            for c in (fixed, _tp_loss(target, policy), _recall_floor(r, target, policy)):
                 extra.append(Check(f"{c.name}[{r.pathology}]@{e.dataset}", c.passed, c.detail, c.value, c.limit,
                                    c.flag, True))
         for e in (e for e in evaluations if e not in here):

@@ -199,26 +199,30 @@ def monitor_window(engine: Engine, model: str, ds: CXRDataset, source: dict[str,
     w = engine.catalog.weights(prod)
     probs = engine.catalog.probabilities(w, dataset)
     names = list(w.spec.pathologies)
-    metrics, raw = assess(model, prod.version, prod.thresholds_for(site), watch.names(names),
-                          ds.aligned_labels(names), probs, list(ds.image_ids), list(ds.sites), engine.policy,
-                          (window.start, window.end))
+    labels, thresholds = ds.aligned_labels(names), prod.thresholds_for(site)
+    metrics, raw = assess(model, prod.version, thresholds, watch.names(names), labels, probs, list(ds.image_ids),
+                          list(ds.sites), engine.policy, (window.start, window.end))
+    from decision.subgroup_monitor import report_key, standing_report, subgroup_reports  # a group breaching alone
+
+    raw += subgroup_reports(model, prod.version, thresholds, watch.names(names), labels, probs, ds, engine.policy,
+                            (window.start, window.end), site_reports=raw, site_metrics=metrics)
     raw = [r for r in raw if watch.kind(r["kind"])]
     for m in metrics:
         m.breaches = [b for b in m.breaches if watch.kind(b)]
     with session_scope(engine.url) as s:
         # An issue already reported and not yet resolved is not reported again each window: the
         # open report (its decision may await approval) still stands for it.
-        unresolved = {(r.site, r.pathology, r.kind.value): r.id for r in repo.list_reports(s, model=model)
+        unresolved = {(r.site, r.subgroup, r.pathology, r.kind.value): r.id for r in repo.list_reports(s, model=model)
                       if r.status in (ReportStatus.open, ReportStatus.claimed, ReportStatus.decided)
                       and (r.window_start, r.window_end) != (window.start, window.end)}
-        persisting = {(r["site"], r["pathology"], r["kind"]): unresolved[(r["site"], r["pathology"], r["kind"])]
-                      for r in raw if (r["site"], r["pathology"], r["kind"]) in unresolved}
-        fresh = [r for r in raw if (r["site"], r["pathology"], r["kind"]) not in persisting]
+        persisting = {report_key(r): rid for r in raw if (rid := standing_report(r, unresolved)) is not None}
+        fresh = [r for r in raw if report_key(r) not in persisting]
         parsed = [parse_report(r) for r in fresh]
         result = ingest(s, parsed, default_source="monitor") if parsed else IngestResult([], 0, 0)
     log.info("monitor %s at %s week %d: %d breach(es), %d new report(s), %d still open", prod.ref, site,
              window.index + 1, len(raw), result.created, len(persisting))
-    still = [{"site": k[0], "pathology": k[1], "kind": k[2], "report_id": v} for k, v in persisting.items()]
+    still = [{"site": k[0], "subgroup": k[1], "pathology": k[2], "kind": k[3], "report_id": v}
+             for k, v in persisting.items()]
     realised = check_realised(engine, prod, ds, probs, site, window)
     return MonitorResult(prod.ref, dataset, window, metrics, fresh, result, still, watch.describe(), realised)
 

@@ -11,7 +11,11 @@ go through the same validation and ingestion path as `decide ingest`;
 re-running a window stores nothing twice (idempotency key: version, site,
 pathology, kind, window).
 
-`assess` is pure (numbers in, report dicts out); `monitor_window` does the I/O.
+`assess` is pure (numbers in, report dicts out); `decision.jobs.monitor_window` does the I/O. The
+groups of a site's patients that the policy declares (`[subgroups]`: "view=AP" films, women over 65) are
+judged by `decision.subgroup_monitor`, which files a subgroup report only where a group breaches its SLO
+significantly while the site's own report for that pathology and kind is not filed; the idempotency key
+then holds the subgroup too.
 """
 
 from __future__ import annotations

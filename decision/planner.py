@@ -60,6 +60,7 @@ class ReportView:
     site: str | None = None
     has_case_evidence: bool = False
     n_cases: int | None = None
+    subgroup: str = ""  # "" = the whole site, else e.g. "view=AP" (`cxr.subgroup_key`)
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,7 @@ class ReportEntity:
     value: float
     target: float
     site: str
+    subgroup: str  # "" = the whole site; else "view=AP", "sex=F&age_band=65+" (`cxr.subgroup_key`)
     window_start: datetime
     window_end: datetime
     counts: dict[str, int]

@@ -239,9 +239,8 @@ class ReportRow(Base):
     __tablename__ = "error_reports"
     __table_args__ = (
         # The idempotency key: the monitor re-sends a window's report and gets the same id back.
-        UniqueConstraint(
-            "version_id", "site", "pathology", "kind", "window_start", "window_end", name="uq_error_reports_idempotency"
-        ),
+        UniqueConstraint("version_id", "site", "subgroup", "pathology", "kind", "window_start", "window_end",
+                         name="uq_error_reports_idempotency"),
         Index(None, "status", "id"),
     )
 
@@ -253,6 +252,8 @@ class ReportRow(Base):
     value: Mapped[float] = mapped_column(Float)
     target: Mapped[float] = mapped_column(Float)
     site: Mapped[str] = mapped_column(String(64))
+    #: "" = the whole site, else its patients the report is about ("view=AP"; `cxr.subgroup_key`)
+    subgroup: Mapped[str] = mapped_column(String(128), default="", server_default="")
     window_start: Mapped[datetime] = mapped_column()
     window_end: Mapped[datetime] = mapped_column()
     tp: Mapped[int] = mapped_column(Integer)

@@ -7,7 +7,7 @@ different rows instead of waiting) and then flips them with
 come back, so even without row locks (SQLite, where `BEGIN IMMEDIATE` already
 serializes writers) a report is claimed exactly once.
 
-Ingest is idempotent per key (version, site, pathology, kind, window) like a
+Ingest is idempotent per key (version, site, subgroup, pathology, kind, window) like a
 payment API's idempotency key: the same key with the same content returns the
 stored id; the same key with different content is refused, naming the stored
 report and the differing fields, so a sender never believes a changed report
@@ -49,16 +49,17 @@ CONTENT = ("metric", "value", "target", "counts", "cases", "notes")
 
 
 def _key(vid: int, r: Mapping[str, Any]) -> tuple:
+    # key[4], key[5]: the window (read by position below)
     return (vid, r["site"], r["pathology"], IssueKind(r["kind"]).value,
-            r["window_start"].astimezone(UTC), r["window_end"].astimezone(UTC))
+            r["window_start"].astimezone(UTC), r["window_end"].astimezone(UTC), r.get("subgroup") or "")
 
 
 def _row_key(r: Any) -> tuple:
-    return (r.version_id, r.site, r.pathology, IssueKind(r.kind).value, r.window_start, r.window_end)
+    return (r.version_id, r.site, r.pathology, IssueKind(r.kind).value, r.window_start, r.window_end, r.subgroup)
 
 
 _KEY_COLS = (ReportRow.version_id, ReportRow.site, ReportRow.pathology, ReportRow.kind, ReportRow.window_start,
-             ReportRow.window_end)
+             ReportRow.window_end, ReportRow.subgroup)
 
 
 _CONTENT_COLS = (ReportRow.metric, ReportRow.value, ReportRow.target, ReportRow.tp, ReportRow.fp, ReportRow.tn,
@@ -120,7 +121,7 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
     Checks each report's version exists and names one of its pathologies; a
     failure raises `InvalidInput` naming the line (from `lines`) and field,
     before anything is written. Re-ingesting a report with the same key
-    (version, site, pathology, kind, window) and the same content (`CONTENT`)
+    (version, site, subgroup, pathology, kind, window) and the same content (`CONTENT`)
     returns the existing id; with different content it raises `InvalidInput`
     naming the stored report and the differing fields (also for two lines of
     one batch), and nothing is written.
@@ -163,8 +164,8 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
         if key in stored:
             if diff := _differing(mine, _stored_content(stored[key])):
                 raise InvalidInput(
-                    f"report {stored[key].id} with this key (version, site, pathology, kind, window) is stored "
-                    f"with different {', '.join(diff)}: refused (a changed report needs its own window)",
+                    f"report {stored[key].id} with this key (version, site, subgroup, pathology, kind, window) is "
+                    f"stored with different {', '.join(diff)}: refused (a changed report needs its own window)",
                     field=f"{where[i]}report")
         elif key in first:
             j, theirs = first[key]
@@ -181,7 +182,8 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
         c = r["counts"]
         new_rows.append({
             "version_id": key[0], "pathology": r["pathology"], "kind": IssueKind(r["kind"]), "metric": r["metric"],
-            "value": r["value"], "target": r["target"], "site": r["site"], "window_start": key[4],
+            "value": r["value"], "target": r["target"], "site": r["site"], "subgroup": key[6],
+            "window_start": key[4],
             "window_end": key[5], "tp": c["tp"], "fp": c["fp"], "tn": c["tn"], "fn": c["fn"],
             "cases": audit.jsonable(list(r.get("cases") or [])), "source": r.get("source") or "api",
             "notes": r.get("notes") or "", "status": ReportStatus.open, "created_by": who, "created_at": now,
@@ -200,7 +202,8 @@ def ingest_reports(session: Session, reports: Sequence[Mapping[str, Any]], *, li
             "action": "report.ingest", "entity_type": "error_report", "entity_id": known[key],
             "new": {"version_id": key[0], "pathology": row["pathology"], "kind": row["kind"], "metric": row["metric"],
                     "value": row["value"], "target": row["target"], "site": row["site"],
-                    "window": [key[4], key[5]], "source": row["source"], "status": "open"},
+                    "subgroup": row["subgroup"], "window": [key[4], key[5]], "source": row["source"],
+                    "status": "open"},
         } for key, row in created], actor=who)
         given = {k: r for k, r in reversed(keyed)}  # key → the first input line with it
         for key, row in created:

@@ -51,6 +51,7 @@ class ReportInfo:
     target: float
     site: str
     cases: tuple[Case, ...] = ()
+    subgroup: str = ""  # "" = the whole site, else its patients the report is about ("view=AP")
 
     @property
     def false_positive_cases(self) -> tuple[Case, ...]:

@@ -7,7 +7,10 @@ report, the highest threshold whose recall is guaranteed. When the target
 cannot be met without breaking the recall floor, it still proposes the best
 threshold the floor allows, says so, and lets the gate decide on held-out data
 (the engine then escalates). It never silently trades precision away: the
-precision/recall trade of every method is attached to the result.
+precision/recall trade of every method is attached to the result. For a report
+about a subgroup ("view=AP") the point is chosen on that subgroup's calibration
+cases; the model has no per-subgroup operating point, so the new threshold is
+the site's, and the notes say so (`treatments.subgroup_split`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from cxr.kinds import IssueKind
 from cxr.thresholds import choose_operating_point, f1_optimal, tradeoff_table, youden
 from treatments.base import PlanningContext, ReportInfo, TreatmentContext, TreatmentResult, probabilities, site_or_all
 from treatments.operating import target_point
+from treatments.subgroup_split import PER_SITE_ONLY, subgroup_rows
 
 
 class CalibrationParams(BaseModel):
@@ -27,6 +31,7 @@ class CalibrationParams(BaseModel):
     min_site_cases: int = Field(200, ge=1, description="Use the report's site alone when it has this many cases.")
     drift_method: str = Field("f1", description="Operating point for calibration drift: f1 or youden.")
     max_precision_drop: float = Field(0.2, ge=0, le=1)
+    min_subgroup_cases: int = Field(50, ge=1, description="A subgroup report needs this many of its cases.")
 
 
 class ThresholdCalibration:
@@ -45,6 +50,8 @@ class ThresholdCalibration:
         p = CalibrationParams.model_validate(ctx.params)
         j, name = ctx.target_index, ctx.report.pathology
         split, where = site_or_all(ctx.calibration, ctx.report.site, p.min_site_cases)
+        if ctx.report.subgroup:  # a subgroup report: the operating point is chosen on that subgroup's cases
+            split, where = subgroup_rows(split, where, ctx.report.subgroup, p.min_subgroup_cases)
         known = ~np.isnan(split.labels[:, j])
         y = split.labels[known, j].astype(int)
         s = probabilities(split.features[known], ctx.head_weight, ctx.head_bias)[:, j]
@@ -74,6 +81,8 @@ class ThresholdCalibration:
         notes = f"{name} threshold {cur} → {op.threshold:.4f} on {len(y)} calibration cases ({where}); {op.method}"
         if op.guarantee:
             notes += f"; guarantee: {op.guarantee}"
+        if ctx.report.subgroup:
+            notes += f"; {PER_SITE_ONLY}"
         return TreatmentResult(
             thresholds=thresholds,
             trainable_parameters=0,
