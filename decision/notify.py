@@ -13,6 +13,11 @@ then its attempt recorded. 2xx: delivered. 410 Gone: the endpoint is disabled. O
 retried on `SCHEDULE` (Svix's: ~28 h in all) with ±20% jitter, or later when the receiver's
 `Retry-After` asks; after the last step the delivery is dead (`decide notify redeliver` revives it).
 Redirects are not followed (a 3xx is a failure). Time comes from an injected clock.
+
+A `mailto:` endpoint gets the event by e-mail instead (`decision/notify_email.py`), with the same claims,
+retries and log. Grouping and repeat limits (`registry/repo_notify_group.py`) are applied when events are
+fanned out, with the timing of the policy's `[notify]` section (`settings_from_policy`); `deliver`
+without settings groups nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from pathlib import Path
 
 from cxr import clock
 from cxr.errors import InvalidInput
-from registry import repo_notify
+from decision import notify_email
+from registry import repo_notify, repo_notify_events
 from registry.entities_notify import DueDelivery
+from registry.repo_notify_group import Grouping
 from registry.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -165,6 +172,38 @@ def post(url: str, body: bytes, hdrs: dict[str, str], timeout: float) -> Respons
         return Response(None, None, f"{type(exc).__name__}: {reason}"[:512])
 
 
+@dataclass(frozen=True)
+class NotifySettings:
+    """What the worker takes from the policy: the grouping timing and the SMTP server (None: none)."""
+
+    grouping: Grouping = field(default_factory=Grouping)
+    smtp: notify_email.SmtpSettings | None = None  # None: $DECIDE_SMTP_URL, read when an e-mail is sent
+    sender: str = "cxr-decide@localhost"  # the From of e-mail through $DECIDE_SMTP_URL
+
+
+def settings_from_policy(policy_path: str | Path | None = None) -> NotifySettings:
+    """The `[notify]` section of the policy in force (`policy_path`, else $DECIDE_POLICY, else the bundled one);
+    SMTP from it or `$DECIDE_SMTP_URL`."""
+    from policies import load_policy
+    from registry.settings import get_settings
+
+    n = load_policy(policy_path or get_settings().policy).notify
+    return NotifySettings(Grouping(timedelta(seconds=n.group_wait_s), timedelta(seconds=n.group_interval_s),
+                                   timedelta(seconds=n.repeat_interval_s)), notify_email.settings(n.smtp),
+                          n.smtp.sender)
+
+
+def audit_failed(first_bad_seq: int | None, checked: int, reason: str, url: str | None = None) -> str | None:
+    """Write `audit.verification_failed` in its own committed transaction (a verification changes nothing, so
+    there is no change to share one with); a role that may not write (the auditor's) only logs it."""
+    try:
+        with session_scope(url) as s:
+            return repo_notify_events.enqueue_audit_failure(s, first_bad_seq, checked, reason)
+    except Exception as exc:  # the verdict stands and is printed; the event is best effort
+        log.warning("audit.verification_failed could not be written: %s", type(exc).__name__)
+        return None
+
+
 @dataclass
 class DeliveryReport:
     fanned_out: int = 0
@@ -177,28 +216,39 @@ class DeliveryReport:
 
 def deliver(url: str | None = None, *, now: Callable[[], datetime] = clock.now, send: Callable[..., Response] = post,
             rng: random.Random | None = None, limit: int = 50, timeout: float = 10.0,
-            monotonic: Callable[[], float] = time.monotonic) -> DeliveryReport:
-    """One round of the worker: fan new events out, then send every delivery due at `now()` once."""
+            monotonic: Callable[[], float] = time.monotonic, settings: NotifySettings | None = None,
+            mail: Callable[..., notify_email.MailResult] = notify_email.send) -> DeliveryReport:
+    """One round of the worker: fan new events out (grouped by `settings.grouping`), then send every delivery
+    due at `now()` once — a webhook by `send`, an e-mail (`mailto:`) by `mail` through `settings.smtp`."""
     rng = rng or random.Random()  # noqa: S311 — jitter, not a secret
     out = DeliveryReport()
+    settings = settings or NotifySettings()
+
+    def by_mail(target: str, body: dict) -> Response:  # a `mailto:` endpoint: the same attempt, by e-mail
+        r = mail(settings.smtp or notify_email.from_env(settings.sender), target, body)
+        return Response(r.status, None, r.error)
+
     with session_scope(url) as s:
-        out.fanned_out = repo_notify.fan_out(s, now())
+        out.fanned_out = repo_notify.fan_out(s, now(), settings.grouping)
         due = repo_notify.claim_due(s, now(), limit=limit)
     for d in due:
         if d.endpoint_id in out.disabled:  # a 410 earlier in this round: its claim lapses, nothing is sent
             continue
-        _attempt(url, d, out, now=now, send=send, rng=rng, timeout=timeout, monotonic=monotonic)
+        _attempt(url, d, out, now=now, send=send, rng=rng, timeout=timeout, monotonic=monotonic, by_mail=by_mail)
     return out
 
 
 def _attempt(url: str | None, d: DueDelivery, out: DeliveryReport, *, now: Callable[[], datetime],
              send: Callable[..., Response], rng: random.Random, timeout: float,
-             monotonic: Callable[[], float]) -> None:
+             monotonic: Callable[[], float], by_mail: Callable[[str, dict], Response]) -> None:
     at = now()
     body = encode(d.body)
     start = monotonic()
     try:
-        resp = send(d.url, body, headers([resolve_secret(s) for s in d.secrets], d.event_uid, at, body), timeout)
+        if d.url.startswith("mailto:"):  # no signature: the e-mail channel
+            resp = by_mail(d.url, d.body)
+        else:
+            resp = send(d.url, body, headers([resolve_secret(s) for s in d.secrets], d.event_uid, at, body), timeout)
     except InvalidInput as exc:  # an unresolvable secret reference: retried (the operator may fix it)
         resp = Response(None, None, str(exc))
     latency = (monotonic() - start) * 1000.0

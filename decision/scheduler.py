@@ -294,10 +294,10 @@ class Scheduler:
 
     def _deliver_notifications(self) -> None:
         """After each pass: send what the pass (or anyone) put in the outbox; a failure is logged, never fatal."""
-        from decision.notify import deliver
+        from decision.notify import deliver, settings_from_policy
 
         try:
-            out = deliver(self.url)
+            out = deliver(self.url, settings=settings_from_policy(self.policy_path))  # the policy's [notify]
             if out.attempted:
                 log.info("notifications: %d delivered, %d to retry, %d dead", out.delivered, out.retrying, out.dead)
         except Exception as exc:  # the outbox keeps the events: the next pass or `decide notify deliver` sends them

@@ -30,6 +30,9 @@ __all__ = [
     "IssueKind",
     "LabelFreePolicy",
     "Learning",
+    "NotifyEndpoint",
+    "NotifyPolicy",
+    "NotifySmtp",
     "Policy",
     "Preconditions",
     "SLOs",
@@ -308,6 +311,61 @@ class SubgroupsPolicy(_Strict):
         return v
 
 
+class NotifySmtp(_Strict):
+    """E-mail through SMTP (`decision.notify_email`). `host` empty: `$DECIDE_SMTP_URL` (smtp://[user@]host:port
+    or smtps://…), else no e-mail. STARTTLS whenever the server offers it, required unless the host is the
+    loopback; `ssl`: TLS from the first byte (port 465). The password is a reference, never a value."""
+
+    host: str = ""
+    port: int = Field(587, ge=1, le=65535)
+    user: str = ""
+    password: str = ""  # env:NAME or file:/PATH (the worker reads it when it sends); "": no login
+    sender: str = Field("cxr-decide@localhost", min_length=3)
+    ssl: bool = False
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("password")
+    @classmethod
+    def _reference(cls, v: str) -> str:
+        if v and not re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/.{1,510}", v):
+            raise ValueError("a password is a reference, env:NAME or file:/PATH, never the value itself")
+        return v
+
+
+class NotifyEndpoint(_Strict):
+    """An endpoint declared in the policy, upserted by `decide notify sync` (keyed by url and site): an
+    https:// webhook (secret: env:NAME or file:/PATH — a key is never written in a policy file) or
+    mailto:ADDRESS (no secret)."""
+
+    url: str = Field(min_length=8, max_length=2048)
+    events: list[Annotated[str, Field(pattern=r"^[a-z_]+\.[a-z_]+$")]] = []  # empty: every type
+    site: str = ""  # "": every site
+    secret: str = ""
+
+    @model_validator(mode="after")
+    def _secret(self) -> NotifyEndpoint:
+        mail = self.url.startswith("mailto:")
+        if mail and self.secret:
+            raise ValueError("a mailto: endpoint has no secret")
+        if not mail and not re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/.{1,510}", self.secret):
+            raise ValueError("a webhook's secret is a reference, env:NAME or file:/PATH (never the key itself)")
+        return self
+
+
+class NotifyPolicy(_Strict):
+    """Notifications (`decision.notify`): Alertmanager-style grouping per (event type, site, pathology) at
+    fan-out — the first event of a group waits `group_wait_s`, later ones go out with the group's next
+    batch, at least `group_interval_s` after the last; an event identical (type, site, pathology, summary)
+    to one sent within `repeat_interval_s` is collapsed into it (recorded, not sent) — SMTP settings and
+    declared endpoints. Not part of the policy digest: it changes no decision."""
+
+    group_wait_s: float = Field(30.0, ge=0, le=86400)
+    group_interval_s: float = Field(300.0, ge=0, le=86400)
+    repeat_interval_s: float = Field(14400.0, ge=0, le=7 * 86400)
+    smtp: NotifySmtp = NotifySmtp()
+    endpoints: list[NotifyEndpoint] = []
+
+
 class Policy(_Strict):
     """A whole decision policy; `policies.policy_digest` identifies it in the audit trail."""
 
@@ -324,6 +382,8 @@ class Policy(_Strict):
     label_free: LabelFreePolicy = LabelFreePolicy()
     site_groups: SiteGroupsPolicy = SiteGroupsPolicy()
     subgroups: SubgroupsPolicy = SubgroupsPolicy()
+    #: delivery settings, not decision rules: left out of the digest (`exclude`)
+    notify: NotifyPolicy = Field(NotifyPolicy(), exclude=True)
 
     @field_validator("treatments")
     @classmethod

@@ -13,9 +13,14 @@ EVENT_TYPES = (
     "decision.approved",
     "decision.rejected",
     "decision.exhausted",
+    "candidate.held",
     "version.promoted",
     "version.rolled_back",
     "report.distribution_shift",
+    "report.label_request",
+    "pass.failed",
+    "pass.abandoned",
+    "audit.verification_failed",
     "notify.test",
 )
 
@@ -26,7 +31,7 @@ class EndpointEntity:
     url: str
     events: list[str]  # empty: every type
     site: str  # "": every site
-    secret_source: str  # "stored", "env:NAME" or "file:PATH" — where the key is, never the key
+    secret_source: str  # "stored", "env:NAME", "file:PATH" or "none" (mailto:) — where the key is, never the key
     rotating: bool  # a previous secret still signs
     enabled: bool
     disabled_reason: str
@@ -55,7 +60,7 @@ class AttemptEntity:
     status_code: int | None
     latency_ms: float
     error: str
-    outcome: str  # delivered, retry, dead, disabled
+    outcome: str  # delivered, retry, dead, disabled; collapsed (a repeat within repeat_interval: not sent)
 
 
 @dataclass(frozen=True)

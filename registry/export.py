@@ -4,8 +4,9 @@ Everything an auditor needs to reconstruct what happened without our code:
 models, versions (spec, thresholds, digests, lineage links), aliases with
 every move, datasets, evaluations, error reports, decisions with all their
 candidates and approvals, treatment runs, monitoring schedules and their
-passes, version references and unlabelled windows, blobs, and the audit chain with its
-verification result. Read in one read-only transaction, so it is consistent.
+passes, version references and unlabelled windows, notification endpoints (never a key), events and
+delivery attempts, blobs, and the audit chain with its verification result. Read in one read-only
+transaction, so it is consistent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from registry.repo_decisions import list_decisions, list_runs
 from registry.repo_jobs import list_passes, list_schedules
 from registry.repo_label_free import list_windows
 from registry.repo_lineage import alias_moves
+from registry.repo_notify import export_endpoints, list_attempts, list_events
 from registry.repo_reports import list_reports
 from registry.repo_versions import get_version, list_models
 from registry.session import current_revision
@@ -71,6 +73,10 @@ def export_all(session: Session, *, url: str | None = None) -> dict[str, Any]:
         "unlabelled_windows": list_windows(session),
         "blobs": [{"digest": b.digest, "size": b.size, "path": b.path, "created_at": b.created_at}
                   for b in session.scalars(select(BlobRow).order_by(BlobRow.created_at, BlobRow.digest))],
+        # notifications: endpoints say where their key is (`secret_source`), never the key; events; every attempt
+        "notify_endpoints": export_endpoints(session),
+        "notify_events": list(reversed(list_events(session, limit=None))),
+        "notify_attempts": list_attempts(session, limit=None),
         "audit_events": audit.list_events(session),
         "audit_verification": verified,
     })

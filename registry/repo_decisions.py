@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
-from registry import audit, repo_notify
+from registry import audit, repo_notify, repo_notify_events
 from registry.entities import DecisionEntity, DecisionStatus, RunEntity, RunOutcome, Verdict
 from registry.models import ApprovalRow, CandidateRow, DecisionReportRow, DecisionRow, ReportRow, RunRow, utcnow
 from registry.repo_common import actor_of, finite_or_none
@@ -308,6 +308,8 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome | str, output_
         "outcome": outcome, "output_version_id": output_version_id, "wall_seconds": row.wall_seconds,
         "trainable_parameters": trainable_parameters, "error_text": row.error_text[:500],
     }, actor=actor)
+    if outcome is RunOutcome.held:  # a person must judge the candidate: an event, in this transaction
+        repo_notify_events.enqueue_held(session, row)
     session.flush()
     return row.to_entity()
 

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cxr.errors import InvalidInput, NotFound
-from registry import audit
+from registry import audit, repo_notify_events
 from registry.entities_jobs import LeaseEntity, PassEntity, PassStatus, ScheduleEntity
 from registry.models import utcnow
 from registry.models_jobs import LeaseRow, PassRow, ScheduleRow
@@ -253,6 +253,8 @@ def finish_pass(session: Session, pass_id: int, status: PassStatus | str, *, sum
     audit.record(session, "pass.finish", "job_pass", pass_id, old={"status": old}, new={
         "status": status, "error_text": row.error_text[:500], "window_index": row.window_index,
     }, reason="finished after it was marked abandoned" if old is PassStatus.abandoned else "", actor=actor)
+    if status is PassStatus.failed:  # an event, in this transaction
+        repo_notify_events.enqueue_pass(session, "pass.failed", row)
     session.flush()
     return row.to_entity()
 
@@ -260,10 +262,13 @@ def finish_pass(session: Session, pass_id: int, status: PassStatus | str, *, sum
 def mark_stale_passes(session: Session, *, older_than: timedelta, now: datetime | None = None,
                       actor: str | None = None) -> list[int]:
     """Running passes whose heartbeat is older than `older_than` become `abandoned`; audited. Returns their ids."""
-    return abandon_silent(session, PassRow, "status", PassStatus.running, PassStatus.abandoned,
-                          cutoff=(now or utcnow()) - older_than, action="pass.abandon", entity_type="job_pass",
-                          why=lambda r: f"no heartbeat since {r.heartbeat_at.isoformat()} (holder {r.holder})",
-                          actor=actor)
+    ids = abandon_silent(session, PassRow, "status", PassStatus.running, PassStatus.abandoned,
+                         cutoff=(now or utcnow()) - older_than, action="pass.abandon", entity_type="job_pass",
+                         why=lambda r: f"no heartbeat since {r.heartbeat_at.isoformat()} (holder {r.holder})",
+                         actor=actor)
+    for pass_id in ids:  # an event each, in this transaction
+        repo_notify_events.enqueue_pass(session, "pass.abandoned", session.get(PassRow, pass_id))
+    return ids
 
 
 def get_pass(session: Session, pass_id: int) -> PassEntity:

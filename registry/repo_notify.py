@@ -2,9 +2,11 @@
 
 `enqueue` is called by the repository function that makes a change a person must hear about, in the
 caller's transaction, and only adds one row: the event exists if and only if its change committed, and
-writing it never waits on a network. The delivery worker (`decision/notify.py`) then calls `fan_out`
-(one delivery per endpoint that wants the event), `claim_due` (deliveries whose time has come, each
-pushed a lease ahead so that a second worker skips it) and `record_attempt`.
+writing it never waits on a network (`registry/repo_notify_events.py` builds the events of held candidates,
+label requests, passes and audit failures). The delivery worker (`decision/notify.py`) then calls `fan_out`
+(one delivery per endpoint that wants the event, grouped or collapsed by `registry/repo_notify_group.py`),
+`claim_due` (deliveries whose time has come, each pushed a lease ahead so that a second worker skips it)
+and `record_attempt`. An endpoint is a webhook URL or `mailto:` addresses (e-mail: no secret).
 
 Secrets: an endpoint's key is stored as given — `whsec_…`, or a reference `env:NAME` / `file:PATH` that
 the worker resolves when it signs. No entity, audit event, log line or export carries a key: entities
@@ -32,9 +34,11 @@ from registry.entities_notify import EVENT_TYPES, AttemptEntity, DueDelivery, En
 from registry.models import DecisionReportRow, ModelRow, ReportRow, VersionRow, utcnow
 from registry.models_notify import AttemptRow, DeliveryRow, EndpointRow, EventRow
 from registry.repo_common import actor_of
+from registry.repo_notify_group import COLLAPSED, DELIVERED, PENDING, Grouping, Placement, place, priors
 
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+DEAD = "dead"
 _ENV = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]{0,127}")
+_MAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 # -- the outbox ----------------------------------------------------------------------
@@ -73,18 +77,37 @@ def enqueue_decision(session: Session, type: str, decision_id: int, what: str) -
     where = f" ({subj.get('version')}, {subj.get('pathology')}{', ' + site if site else ''})" if subj else ""
     command = "decide decisions --status awaiting_approval" if type == "decision.awaiting_approval" \
         else "decide decisions"
-    return enqueue(session, type, summary=f"decision {decision_id}{where} {what}", site=site, command=command,
-                   decision_id=decision_id, **subj)
+    uid = enqueue(session, type, summary=f"decision {decision_id}{where} {what}", site=site, command=command,
+                  decision_id=decision_id, **subj)
+    if type == "decision.awaiting_approval":  # the awaiting of a label request is also its request
+        from registry.repo_notify_events import enqueue_label_request  # it builds on this module
+
+        enqueue_label_request(session, decision_id)
+    return uid
 
 
-def list_events(session: Session, *, limit: int = 100) -> list[EventEntity]:
+def list_events(session: Session, *, limit: int | None = 100) -> list[EventEntity]:
+    """The newest `limit` events (None: all), newest first."""
     rows = session.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit))
     return [EventEntity(r.id, r.uid, r.type, r.site, dict(r.payload), r.created_at) for r in rows]
 
 
 # -- endpoints -----------------------------------------------------------------------
+def mail_recipients(url: str) -> list[str]:
+    """The addresses of a `mailto:a@x.org[,b@y.org]` endpoint; `InvalidInput` when one is not an address."""
+    rcpts = [a.strip() for a in url.removeprefix("mailto:").split(",")]
+    if not rcpts or not all(_MAIL.fullmatch(a) for a in rcpts):
+        raise InvalidInput(f"a mailto: endpoint lists addresses (mailto:ops@example.org), got {url!r}", field="url")
+    return rcpts
+
+
 def check_url(url: str) -> str:
-    """An endpoint URL: https, or http to a loopback host only (a receiver on this machine)."""
+    """An endpoint URL: https, or http to a loopback host only (a receiver on this machine), or mailto:."""
+    if (url or "").startswith("mailto:"):
+        mail_recipients(url)
+        if len(url) > 2048:
+            raise InvalidInput("an endpoint URL has at most 2048 characters", field="url")
+        return url
     parts = urlsplit(url or "")
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("https", "http") or not host:
@@ -117,7 +140,16 @@ def check_secret(secret: str, field: str = "secret") -> str:
 
 
 def secret_source(secret: str) -> str:
-    return secret if secret.startswith(("env:", "file:")) else "stored"
+    return secret if secret.startswith(("env:", "file:")) else "stored" if secret else "none"
+
+
+def _check_endpoint_secret(url: str, secret: str) -> str:
+    """A webhook needs a key (or a reference to one); a mailto: endpoint has none."""
+    if url.startswith("mailto:"):
+        if secret:
+            raise InvalidInput("a mailto: endpoint takes no secret", field="secret")
+        return ""
+    return check_secret(secret)
 
 
 def _entity(r: EndpointRow) -> EndpointEntity:
@@ -138,7 +170,8 @@ def add_endpoint(session: Session, url: str, secret: str, *, events: Sequence[st
     if bad := [e for e in events if e not in EVENT_TYPES]:
         raise InvalidInput(f"unknown event type {bad[0]!r}; known: {', '.join(EVENT_TYPES)}", field="events")
     who = actor_of(actor)
-    row = EndpointRow(url=check_url(url), events=sorted(set(events)), site=site or "", secret=check_secret(secret),
+    row = EndpointRow(url=check_url(url), events=sorted(set(events)), site=site or "",
+                      secret=_check_endpoint_secret(url, secret),
                       previous_secret=None, enabled=True, disabled_reason="", created_by=who, created_at=utcnow())
     session.add(row)
     session.flush()
@@ -147,8 +180,45 @@ def add_endpoint(session: Session, url: str, secret: str, *, events: Sequence[st
     return _entity(row)
 
 
+def upsert_endpoint(session: Session, url: str, secret: str, *, events: Sequence[str] = (), site: str = "",
+                    actor: str | None = None) -> tuple[EndpointEntity, str]:
+    """An endpoint declared in the policy (`decide notify sync`): the one with this url and site is made to
+    match (events, secret reference; enabled again) or added. Returns it and `added`, `updated` or
+    `unchanged`; a change is audited (the secret only as its source)."""
+    row = session.scalars(select(EndpointRow).where(EndpointRow.url == url, EndpointRow.site == (site or ""))
+                          .order_by(EndpointRow.id).limit(1)).one_or_none()
+    if row is None:
+        return add_endpoint(session, url, secret, events=events, site=site, actor=actor), "added"
+    if bad := [e for e in events if e not in EVENT_TYPES]:
+        raise InvalidInput(f"unknown event type {bad[0]!r}; known: {', '.join(EVENT_TYPES)}", field="events")
+    new = {"events": sorted(set(events)), "secret": _check_endpoint_secret(url, secret), "enabled": True}
+    old = {"events": list(row.events or []), "secret": row.secret, "enabled": row.enabled}
+    if new == old:
+        return _entity(row), "unchanged"
+    row.events, row.secret, row.enabled, row.disabled_reason = new["events"], new["secret"], True, ""
+    if old["secret"] != new["secret"]:
+        row.previous_secret = None
+    audit.record(session, "notify.endpoint_update", "notify_endpoint", row.id,
+                 old={**old, "secret": secret_source(old["secret"])},
+                 new={**new, "secret": secret_source(new["secret"])}, reason="declared in the policy", actor=actor)
+    session.flush()
+    return _entity(row), "updated"
+
+
 def list_endpoints(session: Session) -> list[EndpointEntity]:
     return [_entity(r) for r in session.scalars(select(EndpointRow).order_by(EndpointRow.id))]
+
+
+def export_endpoints(session: Session) -> list[dict[str, Any]]:
+    """The endpoints for `decide export`, read without the key columns (which the PostgreSQL auditor role may
+    not read): where each key is comes from the audit trail (`secret` of its last add/rotate/update)."""
+    source: dict[str, str] = {}
+    for e in audit.list_events(session, entity_type="notify_endpoint"):
+        if "secret" in (e.new or {}):
+            source[e.entity_id] = e.new["secret"]
+    cols = [c for c in EndpointRow.__table__.c if c.name not in ("secret", "previous_secret")]
+    return [{**r, "secret_source": source.get(str(r["id"]), "")}
+            for r in session.execute(select(*cols).order_by(EndpointRow.id)).mappings()]
 
 
 def get_endpoint(session: Session, endpoint_id: int) -> EndpointEntity:
@@ -171,6 +241,8 @@ def rotate_secret(session: Session, endpoint_id: int, secret: str | None, *, act
                   ) -> EndpointEntity:
     """Start a rotation (`secret`: the new key; the current one keeps signing too) or end it (None)."""
     row = _endpoint_row(session, endpoint_id)
+    if row.url.startswith("mailto:"):
+        raise InvalidInput(f"endpoint {endpoint_id} is e-mail: it has no key to rotate", field="endpoint")
     if secret is None:
         row.previous_secret = None
     else:
@@ -188,23 +260,45 @@ def _wants(ep: EndpointRow, ev: EventRow) -> bool:
     return (not ep.events or ev.type in ep.events) and (not ep.site or not ev.site or ep.site == ev.site)
 
 
-def fan_out(session: Session, now: datetime) -> int:
-    """One pending delivery per (new event, enabled endpoint that wants it); return how many were made."""
+def fan_out(session: Session, now: datetime, grouping: Grouping | None = None) -> int:
+    """One delivery per (new event, enabled endpoint that wants it); return how many were made to be sent.
+
+    With `grouping` (`registry/repo_notify_group.py`) a delivery is scheduled with its group's batch, or
+    `collapsed` — recorded with a log line naming the event it repeats, and not sent. `notify.test` events
+    are never grouped."""
     events = list(session.scalars(select(EventRow).where(EventRow.fanned_out.is_(False)).order_by(EventRow.id)
                                   .with_for_update(skip_locked=True)))
     if not events:
         return 0
     endpoints = list(session.scalars(select(EndpointRow).where(EndpointRow.enabled.is_(True))))
+    g = grouping or Grouping()
     made = 0
     for ev in events:
         for ep in endpoints:
-            if _wants(ep, ev):
-                session.add(DeliveryRow(event_id=ev.id, endpoint_id=ep.id, state=PENDING, attempts=0,
-                                        next_attempt_at=now, updated_at=now))
-                made += 1
+            if not _wants(ep, ev):
+                continue
+            placed = Placement(now) if g.off or ev.type == "notify.test" else \
+                place(ev.created_at, str(ev.payload.get("summary", "")), priors(session, ev, ep.id, g), g)
+            if placed.at is None:
+                _collapse(session, ev, ep.id, placed.collapsed_into or "", g, now)
+                continue
+            session.add(DeliveryRow(event_id=ev.id, endpoint_id=ep.id, state=PENDING, attempts=0,
+                                    next_attempt_at=placed.at, updated_at=now))
+            session.flush()  # the next event of the group sees this delivery
+            made += 1
         ev.fanned_out = True
     session.flush()
     return made
+
+
+def _collapse(session: Session, ev: EventRow, endpoint_id: int, into: str, g: Grouping, now: datetime) -> None:
+    d = DeliveryRow(event_id=ev.id, endpoint_id=endpoint_id, state=COLLAPSED, attempts=0, next_attempt_at=now,
+                    updated_at=now)
+    session.add(d)
+    session.flush()
+    hours = g.repeat_interval.total_seconds() / 3600
+    session.add(AttemptRow(delivery_id=d.id, at=now, status_code=None, latency_ms=0.0, outcome=COLLAPSED,
+                           error=f"collapsed into {into}: the same event within the repeat interval ({hours:g} h)"))
 
 
 def body_of(ev: EventRow) -> dict[str, Any]:
@@ -253,7 +347,9 @@ def record_attempt(session: Session, delivery_id: int, *, at: datetime, status_c
     session.flush()
 
 
-def list_attempts(session: Session, *, event_uid: str | None = None, limit: int = 100) -> list[AttemptEntity]:
+def list_attempts(session: Session, *, event_uid: str | None = None, limit: int | None = 100
+                  ) -> list[AttemptEntity]:
+    """The newest `limit` attempts (None: all; collapsed repeats included), oldest first."""
     q = (select(AttemptRow, DeliveryRow.endpoint_id, EventRow.uid, EventRow.type)
          .join(DeliveryRow, DeliveryRow.id == AttemptRow.delivery_id)
          .join(EventRow, EventRow.id == DeliveryRow.event_id))
