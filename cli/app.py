@@ -33,6 +33,7 @@ from cli import (
     cmd_imaging,
     cmd_monitor,
     cmd_notify,
+    cmd_record,
     cmd_registry,
 )
 from cli.output import error_line
@@ -149,6 +150,7 @@ _COMMAND_MODULES = (
     cmd_footprint,  # export-onnx
     cmd_analyze,    # analyze exclusivity / channels / figures, findings (per-study clinical document)
     cmd_notify,     # notify add / list / remove / rotate / test / deliver / log / redeliver
+    cmd_record,     # record (the change record of a promoted version)
 )
 
 #: top-level command or group name → the module that defines it

@@ -36,6 +36,9 @@ def audit_verify_cmd(as_json: bool = JSON_OPT) -> None:
     elif res.ok:
         console.print(f"audit chain intact: {res.checked} event(s)")
     if not res.ok:
+        from decision.notify import audit_failed  # its own transaction: a verification changes nothing
+
+        audit_failed(res.first_bad_seq, res.checked, res.reason)
         where = f"at event seq {res.first_bad_seq}" if res.first_bad_seq is not None else "(the state it vouches for)"
         error_line(f"audit chain broken {where}: {res.reason}")
         raise typer.Exit(1)
@@ -68,7 +71,9 @@ def audit_log_cmd(entity: str | None = typer.Option(None, "--entity", help="TYPE
 def export_cmd(fmt: str = typer.Option("json", "--format", help="Only json."),
                out: Path | None = typer.Option(None, "--out", help="Write to a file instead of stdout.")) -> None:
     """Export the full history for an auditor: models, versions, aliases (+moves), evaluations, reports,
-    decisions with candidates, runs, audit events."""
+    decisions with candidates, runs, audit events, and the change record of every promoted version."""
+    from cli.cmd_record import policy_at_hand
+    from decision.documents.change_record import change_records
     from registry.export import export_all
     from registry.session import database_url, session_scope
 
@@ -76,12 +81,21 @@ def export_cmd(fmt: str = typer.Option("json", "--format", help="Only json."),
         raise typer.BadParameter("only --format json is supported", param_hint="--format")
     with session_scope(read_only=True) as s:
         data = export_all(s, url=database_url())
+    data["change_records"] = change_records(data, policy=policy_at_hand(strict=False))  # schema: docs/schemas/
     text = to_json(data) + "\n"
     if out is None:
         sys.stdout.write(text)
     else:
         out.write_text(text)
         console.print(f"exported {len(data['versions'])} version(s), {len(data['audit_events'])} event(s) → {out}")
+
+
+@schema_app.command("change-record")
+def schema_change_record_cmd() -> None:
+    """Print the JSON Schema of a change record (`decide record --json`, `decide export`'s `change_records`)."""
+    from decision.documents.change_record_schema import change_record_schema
+
+    sys.stdout.write(json.dumps(change_record_schema(), indent=2, ensure_ascii=False) + "\n")
 
 
 @schema_app.command("report")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.files import atomic_write
+from decision.documents.forest import subgroup_forests
 from decision.documents.plots import (
     auroc_history_plot,
     auroc_plots,
@@ -189,6 +190,13 @@ def write_report(export: dict[str, Any], out_path: Path, *, title: str = "cxr-de
                  for i, (caption, png) in enumerate(figs)]
         if not figs:
             body.append("<p class='muted'>no report with case evidence whose films are registered</p>")
+    forests = subgroup_forests(export)  # one per promoted candidate evaluated per subgroup
+    body.append("<h2>Per-subgroup change vs parent</h2><p class='muted'>Each promoted candidate's report pathology "
+                "at its site, per group: ΔAUROC and Δrecall vs its parent with 95% intervals; hollow grey: too "
+                "small to judge. `decide record VERSION` writes the whole change record.</p>"
+                + ("".join(f"<figure>{_img(png, cap, f'forest-{i}')}<figcaption>{_e(cap)}</figcaption></figure>"
+                           for i, (cap, png) in enumerate(forests)) or
+                   "<p class='muted'>no promoted candidate evaluated per subgroup</p>"))
     body.append("<h2>Monitoring without labels</h2>" + _label_free_section(export))
     body.append("<h2>Lineage</h2>")
     lineage = lineage_plot(export)
