@@ -26,7 +26,8 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
     rt = Table("id", "version", "site", "pathology", "kind", "metric", "target", "window", "status",
                title="error reports")
     for r in export["reports"]:
-        rt.add_row(str(r["id"]), f"{r['model']}:{r['version']}", r["site"], r["pathology"], r["kind"],
+        site = r["site"] + (f" · {r['subgroup']}" if r.get("subgroup") else "")
+        rt.add_row(str(r["id"]), f"{r['model']}:{r['version']}", site, r["pathology"], r["kind"],
                    f"{r['metric']} {r['value']:.3f}", f"{r['target']:.3g}", str(r["window_start"])[:10],
                    r["status"])
     console.print(rt)
@@ -96,10 +97,30 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
         verdicts.append((f"{lf['site']}: its shift reported before any label", bool(lf["shifted"] and lf["report_id"]),
                          f"(distribution_shift report {lf['report_id']}, {lf['label_request']} studies to label; "
                          f"labels vs estimates: {lf['realised'] or 'not yet'})"))
+    group = data.get("site_group")
+    if group and not group.get("skipped"):
+        _render_reach(group)
+        verdicts.append((f"{group['site']}: one site decision ({group['decision_id']}) for reports "
+                         f"{', '.join(map(str, group['report_ids']))}", bool(group["resolved"]),
+                         f"(resolved: {'; '.join(group['resolved']) or 'none'} — still open: "
+                         f"{'; '.join(group['still_open']) or 'none'})"))
     lines = [f"{'[green]✔' if good else '[red]✘'}[/] {name} {esc(detail)}" for name, good, detail in verdicts]
     if data["report_html"]:
         lines.append(f"report: {data['report_html']}")
     console.print(Panel("\n".join(lines), title="checks"))
+
+
+def _render_reach(group: dict[str, Any]) -> None:
+    """Why the site decision fixed what it fixed: the best FPR any threshold reaches within the gate's bounds."""
+    rows = group.get("reach") or []
+    if not rows:
+        return
+    refs = list(rows[0]["best_fpr"])
+    t = Table("pathology", "target FPR", *refs, title=f"site decision {group['decision_id']} at {group['site']}: "
+              f"best FPR any threshold reaches on {rows[0]['dataset']} within {rows[0]['bounds']}")
+    for r in rows:
+        t.add_row(r["pathology"], f"≤ {r['target']:.2f}", *(fmt_float(r["best_fpr"].get(ref)) for ref in refs))
+    console.print(t)
 
 
 def _underpowered(acc: dict[str, Any]) -> str:
@@ -132,6 +153,11 @@ def demo_cmd(
         help="Start site-b with its first week without labels: the label-free monitor reports the shift before "
              "any label and asks for labels (seconds more).",
     ),
+    site_group: bool = typer.Option(
+        True, "--site-group/--no-site-group",
+        help="After site-b's labelled weeks, play the person who approves its site decision (the reports that "
+             "share site-b's shift, one augmentation retrain for all of them; about two minutes more).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run the whole loop on the embedded phantom data: train at site-a, watch site-b, fix, prove, record.
@@ -159,7 +185,7 @@ def demo_cmd(
     shown = make_url(url).render_as_string(hide_password=True)
     cfg = DemoConfig(seed=seed, n_train=n_train, n_calibration=n_calibration, n_evaluation=n_evaluation,
                      epochs=epochs, weeks=weeks, per_week=per_week, new_site="site-e" if new_site else None,
-                     unlabelled_first=label_free)
+                     unlabelled_first=label_free, site_group=site_group)
     policy_file = get_settings().policy  # $DECIDE_POLICY, else the bundled default
     with step_reporter(enabled=not quiet(ctx)) as say:
         say("registry", shown + (" ($DECIDE_DATABASE_URL)" if os.environ.get("DECIDE_DATABASE_URL") else ""))

@@ -129,9 +129,13 @@ def target_of(kind: str, metric: str, target: float | None, slo_max_fpr: float |
 
 
 def operating_feasibility(y: np.ndarray, s: np.ndarray, t0: float, metric: str, target: float, bounds: Bounds,
-                          *, version: str = "", site: str = "") -> Feasibility:
+                          *, version: str = "", site: str = "", parent: np.ndarray | None = None) -> Feasibility:
     """Search every distinct operating point of scores `s` (labels `y` in {0, 1}) for one meeting `target`
     on `metric` ("fpr" or "recall") within `bounds`, against the parent's threshold `t0`.
+
+    `parent`: the parent's scores on the same rows when `s` are another version's (a candidate whose
+    weights changed); the TP loss is then the gate's own, #{y = 1, parent >= t0, s < t}, and the parent's
+    value is read at `t0` on `parent`. Without it `s` are the parent's scores (threshold calibration).
 
     Returns a `Feasibility` (see the module docstring for the rule). Raises ValueError for another metric
     or arrays of different lengths.
@@ -148,10 +152,22 @@ def operating_feasibility(y: np.ndarray, s: np.ndarray, t0: float, metric: str, 
     ts = np.r_[np.unique(s), np.inf]
     tp = n_pos - np.searchsorted(pos, ts, side="left")  # positives with s >= t
     fp = n_neg - np.searchsorted(neg, ts, side="left")
-    tp0 = int(n_pos - np.searchsorted(pos, t0, side="left"))
-    loss = np.where(ts > t0, tp0 - tp, 0)
     recall = tp / n_pos if n_pos else np.full(ts.shape, np.nan)
     fpr = fp / n_neg if n_neg else np.full(ts.shape, np.nan)
+    if parent is None:
+        tp0 = int(n_pos - np.searchsorted(pos, t0, side="left"))
+        loss = np.where(ts > t0, tp0 - tp, 0)
+        at_t0 = np.searchsorted(ts, t0, side="left")
+        parent_fpr, parent_recall = (fpr[at_t0] if n_neg else None), (recall[at_t0] if n_pos else None)
+    else:
+        ps = np.asarray(parent, dtype=float).ravel()
+        if ps.shape != s.shape:
+            raise ValueError(f"{s.size} scores but {ps.size} parent scores")
+        caught = (y == 1) & (ps >= t0)
+        tp0 = int(caught.sum())
+        loss = np.searchsorted(np.sort(s[caught]), ts, side="left")  # the parent's true positives with s < t
+        parent_fpr = float(((y == 0) & (ps >= t0)).sum() / n_neg) if n_neg else None
+        parent_recall = tp0 / n_pos if n_pos else None
     ok = np.ones(ts.shape, bool)
     if bounds.max_tp_loss is not None:
         ok &= loss <= bounds.max_tp_loss
@@ -161,8 +177,8 @@ def operating_feasibility(y: np.ndarray, s: np.ndarray, t0: float, metric: str, 
         ok &= np.nan_to_num(recall, nan=-1.0) >= bounds.recall_floor  # no positives: recall undefined, fails
     values = fpr if metric == "fpr" else recall
     ok &= ~np.isnan(values)
-    parent_value = float((fpr if metric == "fpr" else recall)[np.searchsorted(ts, t0, side="left")]) \
-        if (n_neg if metric == "fpr" else n_pos) else None
+    parent_value = parent_fpr if metric == "fpr" else parent_recall
+    parent_value = None if parent_value is None else float(parent_value)
     common = dict(metric=metric, target=float(target), parent_value=parent_value, parent_threshold=float(t0),
                   parent_tp=tp0, n_pos=int(n_pos), n_neg=int(n_neg), n_thresholds=int(ts.size), bounds=bounds,
                   rule=bounds.rule, version=version, site=site)

@@ -34,5 +34,7 @@ class DemoConfig:
     new_site_watch: tuple[tuple[str, ...], tuple[str, ...]] = (("Cardiomegaly",), (IssueKind.false_positives,))
     #: who approves a candidate held for a person (the demo plays them; the approval says so)
     approver: str = "radiology-lead"
+    #: after the labelled weeks, play the person who approves the feedback site's site-level decision
+    site_group: bool = True
     #: the feedback site's first week arrives without labels first (monitoring without labels)
     unlabelled_first: bool = True

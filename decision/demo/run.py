@@ -18,6 +18,7 @@ from cxr.weights import to_bytes
 from decision.baseline import DataBinding, register_baseline
 from decision.demo.chapters import NewSite, early_block_fix, label_free_chapter, new_site_chapter
 from decision.demo.config import DemoConfig, Progress
+from decision.demo.site_group import SiteGroup, site_group_chapter
 from decision.engine import Engine
 from decision.evaluate import evaluate_scores
 from decision.gate import noninferiority_check
@@ -44,6 +45,7 @@ class DemoResult:
     new_site: NewSite | None = None
     #: the feedback site's first week judged without labels, and what it asked for
     label_free: JobResult | None = None
+    site_group: SiteGroup | None = None
 
 
 def _phantom(cfg: DemoConfig, site: str, split: str, n: int, res: int, cache: Path):
@@ -125,6 +127,7 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
             say("label-free", f"week {week + 1}'s labels vs the estimates made without them: "
                               f"{job.monitor.realised['summary']}")
         weeks.append(job)
+    site_group = site_group_chapter(engine, cfg, say) if cfg.site_group else None
     new_site = new_site_chapter(engine, cfg, say) if cfg.new_site else None
     if new_site is not None and not new_site.skipped.startswith("no evaluation set"):
         new_site.early_block_fix = early_block_fix(url, cfg.model, cfg.new_site)
@@ -144,7 +147,7 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
     cases = _case_figures(engine, url, cfg.feedback_site, repo_version(url, baseline.id), final)
     report_path = _write_report(export, home, timings, acceptance, cases)
     return DemoResult(home, baseline.ref, final.ref, trained_now, weeks, acceptance, export, report_path, timings,
-                      new_site, label_free)
+                      new_site, label_free, site_group)
 
 
 def repo_version(url: str, version_id: int):
@@ -270,6 +273,7 @@ def summary_rows(result: DemoResult) -> dict[str, Any]:
             "early_block_fix": result.new_site.early_block_fix,
             "week": None if result.new_site.job is None else _week_row(result.new_site.job)},
         "label_free": None if result.label_free is None else _label_free_row(result.label_free, result.weeks),
+        "site_group": None if result.site_group is None else result.site_group.to_json(),
     }
 
 

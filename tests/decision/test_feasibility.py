@@ -61,13 +61,15 @@ def test_false_negative_targets_are_reachable_whenever_there_is_a_positive():
     assert not none.feasible and none.best is None and "no operating point" in none.sentence
 
 
-def _brute_force(y, s, t0, metric, bounds: Bounds):
-    """Best admissible value over thresholds below, between and above the sorted scores, by plain counting."""
+def _brute_force(y, s, t0, metric, bounds: Bounds, parent=None):
+    """Best admissible value over thresholds below, between and above the sorted scores, by plain counting
+    (`parent`: the parent's scores on the same rows, whose hits at `t0` are the true positives to keep)."""
     values = sorted(set(s.tolist()))
     cuts = [values[0] - 1.0] + [(a + b) / 2 for a, b in itertools.pairwise(values)] + [values[-1] + 1.0]
     pos = [v for v, lab in zip(s, y, strict=True) if lab == 1]
     neg = [v for v, lab in zip(s, y, strict=True) if lab == 0]
-    parent_hits = [v for v in pos if v >= t0]
+    parent_hits = ([v for v in pos if v >= t0] if parent is None else
+                   [v for v, p, lab in zip(s, parent, y, strict=True) if lab == 1 and p >= t0])
     best = None
     for t in cuts:
         tp = sum(v >= t for v in pos)
@@ -149,3 +151,27 @@ def test_a_reachable_target_leaves_calibration_first():
     info = TreatmentInfo("threshold_calibration", frozenset(ISSUE_KINDS), evidence={"calibration_feasibility": {}})
     p = plan(_report(), _infos(policy, info), policy, [])
     assert p.chosen.treatment == "threshold_calibration" and "Skipped on the evidence" not in p.rationale
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_candidates_own_scores_are_searched_against_the_parents_true_positives(seed):
+    """A re-trained candidate: its scores differ from the parent's, and the TP loss counts the parent's hits."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(30, 90))
+    y = (rng.random(n) < 0.35).astype(int)
+    y[:2] = [0, 1]
+    parent = np.round(rng.normal(y * 0.8, 1.0), 1)
+    cand = np.round(0.5 * parent + rng.normal(y * 0.9, 0.8), 1)  # correlated with the parent, not equal to it
+    t0 = float(np.median(parent))
+    for floor, cap, frac in [(0.6, None, 0.2), (0.5, 3, None), (None, None, 0.1)]:
+        bounds = Bounds(floor, cap, frac)
+        for metric in ("fpr", "recall"):
+            f = operating_feasibility(y, cand, t0, metric, 0.3, bounds, parent=parent)
+            expected = _brute_force(y, cand, t0, metric, bounds, parent=parent)
+            assert (f.best is None) == (expected is None)
+            if expected is not None:
+                assert f.best == pytest.approx(expected)
+            assert f.parent_tp == int(((y == 1) & (parent >= t0)).sum())
+            want = ((y == 0) & (parent >= t0)).sum() / (y == 0).sum() if metric == "fpr" else \
+                ((y == 1) & (parent >= t0)).sum() / (y == 1).sum()
+            assert f.parent_value == pytest.approx(want)

@@ -82,6 +82,16 @@ def test_the_report_html_shows_its_plots_in_headless_chromium(demo, tmp_path):
     assert total >= 4 and ok == total and all(w > 0 for w in widths)
 
 
+def test_every_promoted_version_has_a_schema_valid_change_record_and_the_report_its_forests(demo):
+    from decision.documents.change_record import change_records, promoted_version_ids
+    from tests.decision.test_change_record import validator
+
+    records, check = change_records(demo.export), validator()
+    assert len(records) == len(promoted_version_ids(demo.export)) >= 2
+    assert not [(r["version"]["ref"], e.message) for r in records for e in check.iter_errors(r)]
+    assert 'id="forest-0"' in demo.report_path.read_text()  # loaded: test_the_report_html_shows_its_plots…
+
+
 def test_a_second_run_reuses_everything_and_decides_nothing(demo, demo_copy):
     url = f"sqlite:///{demo_copy / 'registry.db'}"
     again = run_demo(demo_copy, url, load_policy(), DemoConfig())
@@ -187,3 +197,36 @@ def test_site_b_shift_is_reported_before_its_first_label_and_its_label_request_l
     assert window["shifted"] and window["moved"][:50] == decision["evidence"]["label_request"]["studies"]
     assert window["realised"]["summary"]  # week 1's labels were set against the estimates made without them
     assert not any(r["treatment"] != "request_labels" and r["decision_id"] == decision["id"] for r in exp["runs"])
+
+
+def test_site_b_reports_that_share_its_shift_get_one_site_decision_and_one_candidate_per_rung(demo):
+    """Issue 20: site-b's false-positive reports that no operating point or head fixes are one site decision;
+    the demo plays the person who approves its augmentation retrain, which is trained once for all of them,
+    and the summary says which reports it resolved, which are open, and the best FPR any threshold reaches
+    within the gate's bounds for the parent and every candidate."""
+    group = demo.site_group
+    assert group is not None and not group.skipped, group and group.skipped
+    exp = demo.export
+    [decision] = [d for d in exp["decisions"] if d["id"] == group.decision_id]
+    assert len(decision["report_ids"]) >= 2 and decision["report_ids"] == group.report_ids
+    reports = {r["id"]: r for r in exp["reports"]}
+    assert {reports[i]["site"] for i in group.report_ids} == {"site-b"}
+    runs = [r for r in exp["runs"] if r["decision_id"] == decision["id"]]
+    per_rung = {}
+    for r in runs:
+        per_rung[r["treatment"]] = per_rung.get(r["treatment"], 0) + 1
+    assert per_rung.get("augmentation_retrain") == 1, per_rung  # trained once, for every grouped report
+    assert all(n == 1 for n in per_rung.values()), per_rung
+    assert any(a["actor"] == "radiology-lead" and "played by `decide demo`" in a["reason"]
+               for a in decision["approvals"])
+    # every grouped report is said to be resolved or still open, and that matches the registry
+    said = {int(x.split()[1]): x for x in group.resolved + group.still_open}
+    assert set(said) == set(group.report_ids)
+    for rid in group.report_ids:
+        assert (reports[rid]["status"] == "resolved") == (said[rid] in group.resolved)
+    # the numbers behind it: one row per grouped false-positive report, parent and every candidate
+    assert {row["report_id"] for row in group.reach} == {i for i in group.report_ids
+                                                         if reports[i]["kind"] == "false_positives"}
+    for row in group.reach:
+        assert len(row["best_fpr"]) == 1 + sum(1 for r in runs if r["output_version_id"])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in row["best_fpr"].values())

@@ -80,12 +80,20 @@ def test_f_reoptimization_keeps_the_epoch_with_the_best_held_out_target(world):
     t = res.artifacts["training"]
     values = [m["value"] for m in t["monitored"]]
     assert t["monitor"].startswith("held-out Effusion AUROC at site-b") and t["patience"] == 2
-    assert (t["epochs_run"], t["epochs_planned"], t["stopped"]) == (3, 6, "no_improvement") and len(values) == 3
-    assert t["best_epoch"] == t["restored_epoch"] == 1 and max(values) < values[0] + 0.01
+    # the rule, replayed on the values it monitored (which epoch wins depends on float rounding, which
+    # differs with the thread count): the best epoch moves only on a gain above min_delta, and it stops
+    # `patience` epochs after the best
+    best = 1
+    for epoch, v in enumerate(values[1:], start=2):
+        if v > values[best - 1] + 0.01:
+            best = epoch
+    assert t["stopped"] == "no_improvement" and t["epochs_planned"] == 6 and t["epochs_run"] < 6
+    assert t["epochs_run"] == len(values) == best + 2
+    assert t["best_epoch"] == t["restored_epoch"] == best
     assert t["reason"].startswith("no improvement of held-out Effusion AUROC at site-b") and "early_stopping" not in t
-    assert "stopped after 3 of 6 epochs" in res.notes and "kept epoch 1's weights" in res.notes
-    # the candidate's tensors are epoch 1's: the held-out check (same rows, as probabilities) scores them so
-    assert res.artifacts["checks"]["4"]["auroc"] == pytest.approx(values[0], abs=2e-3)
+    assert f"stopped after {t['epochs_run']} of 6 epochs" in res.notes and f"kept epoch {best}'s weights" in res.notes
+    # the candidate's tensors are the best epoch's: the held-out check (same rows, as probabilities) scores them so
+    assert res.artifacts["checks"]["4"]["auroc"] == pytest.approx(values[best - 1], abs=2e-3)
 
 
 def test_tune_block_restores_the_best_epochs_weights_through_the_watch(world):
