@@ -49,6 +49,13 @@ def early_block_fix(url: str, model: str, site: str) -> dict[str, Any] | None:
     return None
 
 
+def _pathology_of(check: str) -> str:
+    """The pathology a check names: "noninferiority[Emphysema]@set" and "baseline_noninferiority[Emphysema]@set"
+    → "Emphysema" (a subgroup check "[Emphysema|view=PA]" → "Emphysema")."""
+    inside = check.split("@")[0].partition("[")[2].rstrip("]")
+    return inside.split("|")[0] or check
+
+
 def label_free_chapter(engine: Engine, cfg: DemoConfig, say: Progress) -> JobResult | None:
     """The feedback site's first week, before any label: judged against the baseline's reference; a shift
     files a distribution_shift report, the policy answers with a request for labels, and the demo plays the
@@ -105,7 +112,7 @@ def new_site_chapter(engine: Engine, cfg: DemoConfig, say: Progress) -> NewSite:
         held = held_run(engine.url, d.decision_id) if d.status == DecisionStatus.awaiting_approval else None
         if held is None or held.outcome != RunOutcome.held:
             continue
-        weak = ", ".join(sorted({c["name"].split("@")[0][15:-1] for c in (held.metrics.get("gate") or {})
+        weak = ", ".join(sorted({_pathology_of(c["name"]) for c in (held.metrics.get("gate") or {})
                                  .get("checks", []) if c.get("flag") == "underpowered" and c.get("binding", True)}))
         reason = (f"played by `decide demo`: target met at {site}; {weak or 'some checks'} underpowered there "
                   "with no significant harm — accepted for this site")
