@@ -175,3 +175,57 @@ def test_a_candidates_own_scores_are_searched_against_the_parents_true_positives
             want = ((y == 0) & (parent >= t0)).sum() / (y == 0).sum() if metric == "fpr" else \
                 ((y == 1) & (parent >= t0)).sum() / (y == 1).sum()
             assert f.parent_value == pytest.approx(want)
+
+
+@pytest.mark.parametrize(("kind", "metric", "target", "slo_fpr", "slo_recall", "want"), [
+    # a false-positives report's own rate, or its specificity read as 1 - FPR
+    ("false_positives", "FPR ", 0.5, 0.3, 0.8, ("fpr", 0.5)),
+    ("false_positives", "specificity", 0.75, None, None, ("fpr", 0.25)),
+    # its own metric without a target, or one the evaluation does not compute: the pathology's SLO, else nothing
+    ("false_positives", "fpr", None, 0.3, 0.8, ("fpr", 0.3)),
+    ("false_positives", "ppv", 0.9, 0.3, 0.8, ("fpr", 0.3)),
+    ("false_positives", "ppv", 0.9, None, 0.8, None),
+    # a false-negatives report: recall, sensitivity and TPR are one rate
+    ("false_negatives", "recall", 0.7, 0.3, 0.8, ("recall", 0.7)),
+    ("false_negatives", "sensitivity", 0.65, None, None, ("recall", 0.65)),
+    ("false_negatives", "tpr", 0.55, None, None, ("recall", 0.55)),
+    ("false_negatives", "recall", None, 0.3, 0.8, ("recall", 0.8)),
+    ("false_negatives", "fnr", 0.1, 0.3, None, None),
+])
+def test_each_metric_and_fallback_of_a_report_target(kind, metric, target, slo_fpr, slo_recall, want):
+    got = target_of(kind, metric, target, slo_fpr, slo_recall)
+    if want is None:
+        assert got is None
+    else:
+        assert got[0] == want[0] and got[1] == pytest.approx(want[1]) and isinstance(got[1], float)
+
+
+def test_bounds_carry_every_gate_setting_and_the_pathologys_own_floor():
+    raw = load_policy().model_dump(mode="json")
+    raw["gate"].update(max_tp_loss=7, max_tp_loss_fraction=0.15, target_rule="meet_or_improve", min_improvement=0.02,
+                       recall_floor=None)
+    raw["slos"]["pathologies"]["Effusion"] = {"min_recall": 0.72, "max_fpr": None, "min_auroc": None}
+    policy = parse_policy(raw)
+    b = bounds_for(policy, "Effusion")
+    assert b == Bounds(0.72, 7, 0.15, "meet_or_improve", 0.02)
+    assert bounds_for(policy, "Nodule").recall_floor == policy.slos.for_pathology("Nodule").min_recall != 0.72
+    assert b.describe() == "recall ≥ 0.72 (≤ 15% of and at most 7 of true positives lost)"
+    assert Bounds(None, None, None).describe() == "no recall floor (no TP-loss bound)"
+
+
+def test_the_sentence_names_the_version_the_site_and_the_numbers():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.6, 0.7, 0.9, 0.5, 0.65, 0.8, 0.95])
+    f = operating_feasibility(y, s, 0.5, "fpr", 0.2, Bounds(0.75, None, 0.25), version="cxr:3", site="site-b")
+    # thresholds keeping recall >= 0.75 and <= 1 of the 4 true positives lost: t <= 0.65, best FPR 2/4 at t = 0.65
+    assert (f.best, f.best_threshold, f.recall_at_best, f.tp_loss_at_best, f.parent_tp) == (0.5, 0.65, 0.75, 1, 4)
+    assert not f.feasible and f.parent_value == 0.75
+    assert f.sentence == ("no operating point of cxr:3's scores at site-b meets FPR ≤ 0.20 within the TP-loss bound: "
+                          "best FPR at recall ≥ 0.75 (≤ 25% of true positives lost) is 0.50 (threshold 0.650, recall "
+                          "0.750, 1 of 4 true positives lost; 4 positives, 4 negatives, 9 operating points)")
+    ok = operating_feasibility(y, s, 0.5, "fpr", 0.6, Bounds(0.75, None, 0.25))
+    assert ok.feasible and ok.sentence.startswith("an operating point of the current scores meets FPR ≤ 0.60: ")
+    with pytest.raises(ValueError, match="fpr or recall, not 'auroc'"):
+        operating_feasibility(y, s, 0.5, "auroc", 0.6, Bounds(0.75, None, 0.25))
+    with pytest.raises(ValueError, match="8 labels but 7 scores"):
+        operating_feasibility(y, s[:7], 0.5, "fpr", 0.6, Bounds(0.75, None, 0.25))
