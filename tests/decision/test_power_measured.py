@@ -19,7 +19,7 @@ from scipy.stats import mannwhitneyu, norm
 
 from decision.evaluate import ParentComparison, PathologyEval, evaluate_scores
 from decision.gate import noninferiority_check
-from decision.power import PowerAssessment, assess_power, positives_needed
+from decision.power import PowerAssessment, assess_power, hanley_mcneil_variance, positives_needed
 from policies import load_policy, parse_policy
 
 Z = float(norm.ppf(0.975))
@@ -180,7 +180,7 @@ def _hm(a, n1, n0):
     return (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)
 
 
-@pytest.mark.parametrize(("se", "rho"), [(0.03, 0.6), (0.012, 0.3), (0.05, -0.2)])
+@pytest.mark.parametrize(("se", "rho"), [(0.03, 0.6), (0.012, 0.3), (0.05, -0.2), (0.05, 0.95), (0.02, 0.99)])
 def test_positives_needed_satisfy_both_the_design_at_measured_rho_and_the_scaled_measured_se(se, rho):
     # By a linear scan (not the bisection under test): the first n, prevalence held (n0 = round(79 n)),
     # at which both z·√(2 V_HM(n)(1 - r)) and z·se·√(V_HM(n)/V_HM(25)) are within the margin.
@@ -269,3 +269,49 @@ def test_the_power_sentence_says_where_se_and_rho_came_from():
     # a measured SE with no measurable correlation (a parent with no variance): the policy's ρ in the design
     p = assess_power(1.0, 5, 400, MARGIN, 0.05, 0.95, measured_se=0.03, measured_rho=None)
     assert p.measured and not p.rho_measured and p.rho == 0.95 and p.underpowered
+
+
+def test_the_measured_se_sets_the_count_when_it_is_the_larger_requirement():
+    # rho 0.95 makes the design SE small; a measured SE of 0.05 then needs far more positives than the design
+    a, n_pos, n_neg, se = 0.8, 25, 1975, 0.05
+    p = assess_power(a, n_pos, n_neg, MARGIN, 0.05, 0.95, measured_se=se, measured_rho=0.95)
+    design_only = assess_power(a, n_pos, n_neg, MARGIN, 0.05, 0.95, measured_rho=0.95).needed_positives
+    assert p.needed_positives > design_only
+    n = p.needed_positives  # the first count at which the scaled SE reaches the margin, and not one before
+    assert Z * se * math.sqrt(_hm(a, n, round(n * 79)) / _hm(a, n_pos, n_neg)) <= MARGIN
+    assert Z * se * math.sqrt(_hm(a, n - 1, round((n - 1) * 79)) / _hm(a, n_pos, n_neg)) > MARGIN
+
+
+@pytest.mark.parametrize("auc", [None, math.nan, math.inf])
+def test_an_unknown_auroc_is_read_as_the_typical_0_75(auc):
+    got = assess_power(auc, 30, 900, MARGIN, 0.05, 0.9)
+    assert got == assess_power(0.75, 30, 900, MARGIN, 0.05, 0.9)
+    assert got.design_se == pytest.approx(math.sqrt(2 * _hm(0.75, 30, 900) * 0.1), rel=1e-12)
+
+
+def test_a_measured_correlation_outside_minus_one_to_one_is_clamped():
+    hi = assess_power(0.8, 30, 900, MARGIN, 0.05, 0.5, measured_rho=1.7)
+    lo = assess_power(0.8, 30, 900, MARGIN, 0.05, 0.5, measured_rho=-3.0)
+    assert (hi.rho, hi.design_se) == (1.0, 0.0) and hi.rho_measured
+    assert lo.rho == -1.0 and lo.design_se == pytest.approx(math.sqrt(4 * _hm(0.8, 30, 900)), rel=1e-12)
+
+
+def test_a_measured_se_of_zero_is_power_one_and_a_missing_class_is_power_zero():
+    exact = assess_power(0.8, 30, 900, MARGIN, 0.05, 0.9, measured_se=0.0)
+    assert (exact.power_if_unchanged, exact.underpowered, exact.se, exact.measured) == (1.0, False, 0.0, True)
+    for n_pos, n_neg in ((0, 900), (30, 0)):
+        none = assess_power(0.8, n_pos, n_neg, MARGIN, 0.05, 0.9)
+        assert none.power_if_unchanged == 0.0 and none.underpowered and none.needed_positives is None
+        assert (none.n_pos, none.n_neg) == (n_pos, n_neg) and math.isinf(none.se)
+    # an infinite measured SE is no measurement: the design SE decides
+    inf = assess_power(0.8, 30, 900, MARGIN, 0.05, 0.9, measured_se=math.inf)
+    assert not inf.measured and inf.se == inf.design_se
+
+
+def test_hanley_mcneil_clamps_the_auroc_and_needs_one_case_of_each_class():
+    assert hanley_mcneil_variance(1.5, 10, 20) == hanley_mcneil_variance(1.0, 10, 20)
+    assert hanley_mcneil_variance(-0.5, 10, 20) == hanley_mcneil_variance(0.0, 10, 20)
+    assert math.isinf(hanley_mcneil_variance(0.8, 10, 0)) and math.isinf(hanley_mcneil_variance(0.8, 0, 10))
+    # one negative and one positive: A(1 - A) / 1, by the formula with no (n - 1) terms
+    assert hanley_mcneil_variance(0.8, 1, 1) == pytest.approx(0.8 * 0.2)
+    assert hanley_mcneil_variance(0.8, 3, 1) == pytest.approx(_hm(0.8, 3, 1))
