@@ -117,8 +117,8 @@ def test_targets_and_bounds_are_read_as_the_gate_reads_them():
     assert (b.recall_floor, b.max_tp_loss, b.max_tp_loss_fraction) == (
         policy.slos.for_pathology("Atelectasis").min_recall, policy.gate.max_tp_loss, policy.gate.max_tp_loss_fraction)
     raw = policy.model_dump(mode="json")
-    raw["gate"]["recall_floor"] = 0.6
-    assert bounds_for(parse_policy(raw), "Atelectasis").recall_floor == 0.6
+    raw["gate"]["recall_floor"] = 0.65  # (not any SLO's value: the gate's own floor wins)
+    assert bounds_for(parse_policy(raw), "Atelectasis").recall_floor == 0.65
 
 
 # -- the planner ------------------------------------------------------------------------------------------
@@ -229,3 +229,34 @@ def test_the_sentence_names_the_version_the_site_and_the_numbers():
         operating_feasibility(y, s, 0.5, "auroc", 0.6, Bounds(0.75, None, 0.25))
     with pytest.raises(ValueError, match="8 labels but 7 scores"):
         operating_feasibility(y, s[:7], 0.5, "fpr", 0.6, Bounds(0.75, None, 0.25))
+
+
+def test_rows_without_one_class_and_a_best_above_every_score():
+    none = Bounds(None, None, None)
+    pos_only = operating_feasibility([1, 1, 1], [0.2, 0.5, 0.9], 0.5, "fpr", 0.3, none)
+    assert pos_only.best is None and pos_only.parent_value is None and pos_only.feasible is False  # no FPR at all
+    rec = operating_feasibility([1, 1, 1], [0.2, 0.5, 0.9], 0.5, "recall", 0.5, none)
+    assert (rec.best, rec.best_threshold, rec.parent_value) == (1.0, 0.2, pytest.approx(2 / 3))
+    neg_only = operating_feasibility([0, 0, 0], [0.2, 0.5, 0.9], 0.5, "fpr", 0.3, Bounds(0.5, None, None))
+    assert neg_only.best is None  # a recall floor on rows without positives: undefined recall fails it
+    above = operating_feasibility([0, 0, 0], [0.2, 0.5, 0.9], 0.5, "fpr", -0.1, none)
+    assert (above.best, above.best_threshold, above.recall_at_best, above.parent_value) == (0.0, None, None, 2 / 3)
+    assert not above.feasible and "(threshold above every score," in above.sentence
+    assert (above.parent_threshold, above.parent_tp) == (0.5, 0)
+
+
+def test_the_improve_rules_count_a_gain_from_the_parents_value():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.6, 0.7, 0.9, 0.5, 0.65, 0.8, 0.95])
+    # FPR: the parent's 0.75 at t0 = 0.5, best 0.5 within the bounds: a gain of exactly 0.25
+    for rule, min_gain, feasible in [("improve", 0.25, True), ("improve", 0.2501, False),
+                                     ("meet_or_improve", 0.3, False), ("meet_target", 0.0, False)]:
+        f = operating_feasibility(y, s, 0.5, "fpr", 0.2, Bounds(0.75, None, 0.25, rule, min_gain))
+        assert (f.best, f.parent_value, f.feasible) == (0.5, 0.75, feasible), (rule, min_gain)
+    # recall: the parent's 0.5 at t0 = 0.7, best 1.0: a gain of 0.5; the target 0.9 is met as well
+    up = operating_feasibility(y, s, 0.7, "recall", 0.99, Bounds(None, None, None, "improve", 0.5))
+    assert (up.best, up.parent_value, up.feasible) == (1.0, 0.5, True)
+    assert not operating_feasibility(y, s, 0.7, "recall", 0.99, Bounds(None, None, None, "improve", 0.51)).feasible
+    # no gain at all (the parent already at the best): not an improvement, even with no minimum
+    flat = operating_feasibility(y, s, 0.5, "recall", 0.99, Bounds(None, None, None, "improve", 0.0))
+    assert (flat.best, flat.parent_value, flat.feasible) == (1.0, 1.0, False)

@@ -309,9 +309,17 @@ def test_a_measured_se_of_zero_is_power_one_and_a_missing_class_is_power_zero():
 
 
 def test_hanley_mcneil_clamps_the_auroc_and_needs_one_case_of_each_class():
-    assert hanley_mcneil_variance(1.5, 10, 20) == hanley_mcneil_variance(1.0, 10, 20)
+    # (20 positives, 2 negatives: an AUROC of 1.5 would give a positive numerator; clamped, the variance is 0)
+    assert hanley_mcneil_variance(1.5, 20, 2) == hanley_mcneil_variance(1.0, 20, 2) == 0.0
     assert hanley_mcneil_variance(-0.5, 10, 20) == hanley_mcneil_variance(0.0, 10, 20)
     assert math.isinf(hanley_mcneil_variance(0.8, 10, 0)) and math.isinf(hanley_mcneil_variance(0.8, 0, 10))
     # one negative and one positive: A(1 - A) / 1, by the formula with no (n - 1) terms
     assert hanley_mcneil_variance(0.8, 1, 1) == pytest.approx(0.8 * 0.2)
     assert hanley_mcneil_variance(0.8, 3, 1) == pytest.approx(_hm(0.8, 3, 1))
+
+
+def test_a_measured_se_no_count_can_shrink_to_the_margin_needs_none():
+    # SE 50 at 25 positives: z·SE falls as 1/√n, so it would take about (50·1.96/0.02)²·25 ≈ 6·10⁸ positives,
+    # past the 10⁷ the search allows: no count is promised
+    p = assess_power(0.8, 25, 1975, MARGIN, 0.05, 0.95, measured_se=50.0)
+    assert p.underpowered and p.needed_positives is None
