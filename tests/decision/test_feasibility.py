@@ -260,3 +260,15 @@ def test_the_improve_rules_count_a_gain_from_the_parents_value():
     # no gain at all (the parent already at the best): not an improvement, even with no minimum
     flat = operating_feasibility(y, s, 0.5, "recall", 0.99, Bounds(None, None, None, "improve", 0.0))
     assert (flat.best, flat.parent_value, flat.feasible) == (1.0, 1.0, False)
+
+
+def test_a_candidates_scores_on_rows_without_one_class():
+    none = Bounds(None, None, None)
+    pos_only = operating_feasibility([1, 1], [0.2, 0.9], 0.5, "recall", 0.5, none, parent=[0.3, 0.8])
+    assert (pos_only.parent_value, pos_only.parent_tp, pos_only.best) == (0.5, 1, 1.0)
+    assert operating_feasibility([1, 1], [0.2, 0.9], 0.5, "fpr", 0.3, none, parent=[0.3, 0.8]).parent_value is None
+    neg_only = operating_feasibility([0, 0], [0.2, 0.9], 0.5, "fpr", 0.3, none, parent=[0.3, 0.8])
+    assert (neg_only.parent_value, neg_only.parent_tp, neg_only.best) == (0.5, 0, 0.0)
+    assert operating_feasibility([0, 0], [0.2, 0.9], 0.5, "recall", 0.3, none, parent=[0.3, 0.8]).parent_value is None
+    with pytest.raises(ValueError, match="2 scores but 3 parent scores"):
+        operating_feasibility([0, 1], [0.2, 0.9], 0.5, "fpr", 0.3, none, parent=[0.3, 0.8, 0.1])
