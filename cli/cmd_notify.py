@@ -124,7 +124,7 @@ def test_cmd(endpoint: int = typer.Argument(...), policy: str | None = POLICY_OP
 @notify_app.command("deliver")
 @needs_db
 def deliver_cmd(policy: str | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
-    """Run the delivery worker once: fan new events out (grouped as the policy's [notify] says), send every
+    """Run the delivery worker once: fan new events out (grouped as the policy's \\[notify] says), send every
     delivery that is due."""
     from decision.notify import deliver, settings_from_policy
 
@@ -175,7 +175,7 @@ def redeliver_cmd(event: str = typer.Argument(..., help="The event's id (webhook
 @notify_app.command("sync")
 @needs_db
 def sync_cmd(policy: str | None = POLICY_OPT, as_json: bool = JSON_OPT) -> None:
-    """Upsert the endpoints the policy declares ([[notify.endpoints]]), keyed by url and site: added, or made to
+    """Upsert the endpoints the policy declares (\\[\\[notify.endpoints]]), keyed by url and site: added, or made to
     match (events, secret reference) and enabled. Endpoints it does not declare are left as they are."""
     from policies import load_policy
     from registry import repo_notify
