@@ -348,11 +348,11 @@ def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: P
 
     The report's site gets the full `gate`; every other site `other_site_checks`. Sites with their own
     production alias (`own_alias_sites`, other than the report's) are not affected by this promotion:
-    their checks are recorded, not binding. If every binding check passes, the promotion covers every
-    site that follows the all-sites alias (`scope` "all_sites"), or only the report's site when it has
-    its own alias. If only the report's site passes and the policy allows it, the candidate is promoted
-    for that site alone (`scope` "site") and the other sites' checks become non-binding. Without an
-    evaluation set the verdict is a rejection.
+    their checks are recorded, not binding; when the report's site has its own, no other site is. If every
+    binding check passes, the promotion covers every site that follows the all-sites alias (`scope`
+    "all_sites"), or only the report's site when it has its own alias. If only the report's site passes and
+    the policy allows it, the candidate is promoted for that site alone (`scope` "site") and the other sites'
+    checks become non-binding. Without an evaluation set the verdict is a rejection.
     """
     from decision.gate_lineage import lineage_checks  # it builds on this module's Check
 
@@ -365,9 +365,11 @@ def judge_sites(report: ReportView, evaluations: list[SiteEvaluation], policy: P
                                                                       measured=measured).checks]
     site_checks += [_tag(c, e.dataset) for e in here for c in lineage_checks(e.baseline, e.sequestration, policy)]
     others: list[Check] = []
+    own = bool(site) and site in own_alias_sites  # then this promotion moves production@site alone
     for e in (e for e in evaluations if e not in here):
-        unaffected = bool(e.site) and e.site in own_alias_sites
-        note = f" (not binding: {e.site} has its own production version)" if unaffected else ""
+        unaffected = own or (bool(e.site) and e.site in own_alias_sites)
+        note = (f" (not binding: {e.site} has its own production version)" if e.site in own_alias_sites else
+                f" (not binding: this promotion moves production@{site} only)") if unaffected else ""
         others += [_tag(c, e.dataset, binding=not unaffected, note=note)
                    for c in other_site_checks(report, e.evaluation, policy)
                    + lineage_checks(e.baseline, e.sequestration, policy)]
@@ -417,7 +419,7 @@ def judge_group(reports: list[ReportView], evaluations: list[SiteEvaluation], po
         return lead
     site = reports[0].site or ""
     here = [e for e in evaluations if e.site == site] or evaluations
-    elsewhere_binding = lead.scope != "site" or bool(site and site in own_alias_sites)
+    elsewhere_binding = lead.scope != "site"  # a promotion for the site alone (or its own alias) binds nowhere else
     extra: list[Check] = []
     for r in reports[1:]:
         for e in here:
@@ -427,8 +429,7 @@ def judge_group(reports: list[ReportView], evaluations: list[SiteEvaluation], po
                 extra.append(Check(f"{c.name}[{r.pathology}]@{e.dataset}", c.passed, c.detail, c.value, c.limit,
                                    c.flag, True))
         for e in (e for e in evaluations if e not in here):
-            unaffected = bool(e.site) and e.site in own_alias_sites
-            binding = elsewhere_binding and not unaffected
+            binding = elsewhere_binding and not (bool(e.site) and e.site in own_alias_sites)
             extra += [_tag(c, e.dataset, binding=binding, note="" if binding else " (not binding)")
                       for c in other_site_checks(r, e.evaluation, policy) if c.name.startswith("slo_kept[")]
     checks = list(lead.checks) + extra
