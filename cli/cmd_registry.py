@@ -173,14 +173,21 @@ def ingest_cmd(file: Path = typer.Argument(..., help="Error reports, one JSON ob
 @needs_db
 def reports_cmd(status: ReportStatus | None = typer.Option(None, "--status", help="Only this status."),
                 model: str | None = typer.Option(None, "--model", help="Only this model."),
+                site: str | None = typer.Option(None, "--site", help="Only reports at this site."),
+                subgroups: bool = typer.Option(False, "--subgroups", help="Only reports about a subgroup of a "
+                                               "site's patients (view=AP, sex=F, ...), not the whole site."),
                 limit: int = typer.Option(200, "--limit", help="At most this many."),
                 as_json: bool = JSON_OPT) -> None:
-    """List error reports (a subgroup report shows its subgroup after its site: "site-b · view=AP")."""
+    """List error reports (a subgroup report shows its subgroup after its site: "site-b · view=AP").
+
+    A subgroup report is filed when a group of a site's films breaches its SLO while the site as a whole is
+    not reported for that pathology and kind in that window (`decision/subgroup_monitor.py`).
+    """
     from registry import repo
     from registry.session import session_scope
 
     with session_scope(read_only=True) as s:
-        rows = repo.list_reports(s, status=status, model=model, limit=limit)
+        rows = repo.list_reports(s, status=status, model=model, limit=limit, site=site, subgroups_only=subgroups)
 
     def render() -> None:
         t = Table("id", "version", "pathology", "kind", "metric", "value", "target", "site", "window", "status",

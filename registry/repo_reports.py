@@ -238,8 +238,14 @@ def get_report(session: Session, report_id: int) -> ReportEntity:
 
 
 def list_reports(session: Session, *, status: ReportStatus | str | None = None, model: str | None = None,
-                 limit: int | None = None) -> list[ReportEntity]:
+                 limit: int | None = None, site: str | None = None, subgroups_only: bool = False,
+                 ) -> list[ReportEntity]:
+    """Reports in id order; `site`: at that site only; `subgroups_only`: only reports about a subgroup."""
     q = select(ReportRow).order_by(ReportRow.id)
+    if site is not None:
+        q = q.where(ReportRow.site == site)
+    if subgroups_only:
+        q = q.where(ReportRow.subgroup != "")
     if status is not None:
         q = q.where(ReportRow.status == ReportStatus(status))
     if model is not None:

@@ -109,6 +109,21 @@ def test_decide_reports_shows_the_subgroup(v1):
     assert table.exit_code == 0 and "site-b · view=AP" in table.stdout, table.stdout
 
 
+def test_decide_reports_filters_by_site_and_to_subgroup_reports(v1):
+    _ingest(f.report(site="site-b"), f.report(site="site-b", subgroup="view=AP"),
+            f.report(site="site-c", subgroup="sex=F"), f.report(site="site-c"))
+    with session_scope(read_only=True) as s:
+        assert [(r.site, r.subgroup) for r in repo.list_reports(s, site="site-b")] == [("site-b", ""),
+                                                                                       ("site-b", "view=AP")]
+        assert [(r.site, r.subgroup) for r in repo.list_reports(s, subgroups_only=True)] == [("site-b", "view=AP"),
+                                                                                             ("site-c", "sex=F")]
+        assert repo.list_reports(s, site="site-a") == []
+    runner = CliRunner()
+    res = runner.invoke(app, ["reports", "--site", "site-c", "--subgroups", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [(r["site"], r["subgroup"]) for r in json.loads(res.stdout)] == [("site-c", "sex=F")]
+
+
 def test_migration_0008_keeps_reports_and_links_and_refuses_to_drop_subgroup_reports(db_url, v1):
     ids = _ingest(f.report(site="site-b"), f.report(site="site-b", subgroup="view=AP")).ids
     with session_scope() as s:
