@@ -92,6 +92,8 @@ def _render(data: dict[str, Any], export: dict[str, Any]) -> None:
         verdicts.append((f"{new['site']}: input-level shift fixed by re-training an early block", bool(fix),
                          f"({fix['version']}, block {fix['block']}, {fix['serving']})" if fix else
                          "(no early-block candidate was promoted: see its decision)"))
+    elif new and new["skipped"].startswith("no report"):  # nothing to fix there: said, not failed
+        verdicts.append((f"{new['site']}: its first labelled week", True, f"({new['skipped']})"))
     lf = data.get("label_free")
     if lf:
         verdicts.append((f"{lf['site']}: its shift reported before any label", bool(lf["shifted"] and lf["report_id"]),

@@ -16,7 +16,7 @@ from cxr.spec import preset
 from cxr.train import TrainConfig, train
 from cxr.weights import to_bytes
 from decision.baseline import DataBinding, register_baseline
-from decision.demo.chapters import NewSite, early_block_fix, label_free_chapter, new_site_chapter
+from decision.demo.chapters import NewSite, approve_held, early_block_fix, label_free_chapter, new_site_chapter
 from decision.demo.config import DemoConfig, Progress
 from decision.demo.site_group import SiteGroup, site_group_chapter
 from decision.engine import Engine
@@ -123,6 +123,9 @@ def run_demo(home: Path, url: str, policy: Policy, cfg: DemoConfig = DemoConfig(
             which = (f"site group {', '.join(map(str, d.report_ids))}" if len(d.report_ids) > 1
                      else f"report {d.report_id}")
             say("decide", f"{which}: {d.status.value} — {d.message}")
+        # a candidate the gate held only for underpowered checks (no significant harm, target met): the demo
+        # plays the person who approves it, as at the new site (on some CPUs site-b's Cardiomegaly fix is one)
+        approve_held(engine, cfg, say, job.pass_summary.decisions, cfg.feedback_site)
         if getattr(job.monitor, "realised", None):
             say("label-free", f"week {week + 1}'s labels vs the estimates made without them: "
                               f"{job.monitor.realised['summary']}")

@@ -163,6 +163,17 @@ def test_the_demo_summary_at_80_columns_keeps_every_name(monkeypatch):
     assert "underpowered with no significant harm: Emphysema at site-b" in flat
 
 
+def test_a_new_site_with_nothing_to_fix_is_said_not_failed(monkeypatch):
+    data, export = _demo_like()
+    why = "no report: cxr:2 meets the audited SLO at site-e (Cardiomegaly FPR 0.081)"
+    data["new_site"] = {"site": "site-e", "skipped": why, "early_block_fix": None}
+    flat = " ".join(_demo_at_80(data, export, monkeypatch).replace("│", " ").split())
+    assert f"✔ site-e: its first labelled week ({why})" in flat
+    assert "input-level shift fixed" not in flat
+    data["new_site"]["skipped"] = "already replayed"  # a re-run: nothing said about the chapter
+    assert "site-e:" not in " ".join(_demo_at_80(data, export, monkeypatch).split())
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo")
 def test_the_real_demo_summary_at_80_columns(demo, monkeypatch):

@@ -5,6 +5,7 @@ One run of the demo's job (about three minutes on two cores) backs every test he
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,19 +34,23 @@ def test_cardiomegaly_false_positives_at_site_b_are_reported_and_fixed_by_the_ch
     assert decisions, "the monitor did not report the AP-film Cardiomegaly false positives"
     d = decisions[0]
     applicable = [c["treatment"] for c in d["candidates"] if c["applicable"]]
-    assert applicable[0] == "threshold_calibration"  # the plan ranks the cheapest likely fix first
+    # the plan ranks the cheapest likely fix first — unless no operating point can meet the target, which the
+    # rationale says with its numbers (the baseline's training is not bit-identical across CPUs and threads)
+    tried = assert_calibration_tried_or_skipped_as_infeasible(applicable, d["rationale"])
     runs = [r for r in exp["runs"] if r["decision_id"] == d["id"]]
-    assert runs[0]["treatment"] == "threshold_calibration"
+    assert runs[0]["treatment"] == tried[0] == applicable[0]
     versions = {v["id"]: v for v in exp["versions"]}
-    if runs[0]["outcome"] == "accepted":
+    if runs[0]["treatment"] == "threshold_calibration" and runs[0]["outcome"] == "accepted":
         # Per-site operating points: site-b's own Cardiomegaly threshold meets the target (the baseline's
         # scores rank site-b's films well enough), and every other site keeps the parent's threshold.
         v = versions[runs[0]["output_version_id"]]
         parent = versions[v["parent_id"]]
         assert v["site_thresholds"]["site-b"]["Cardiomegaly"] != parent["thresholds"]["Cardiomegaly"]
         assert v["thresholds"]["Cardiomegaly"] == parent["thresholds"]["Cardiomegaly"]
-    else:  # no site-b threshold keeps the guaranteed recall and meets the target: the ladder escalates
+    else:  # no site-b threshold keeps the guaranteed recall and meets the target: the ladder escalates (a
+        # candidate held only for underpowered checks is approved by the person the demo plays, and says so)
         assert runs[-1]["outcome"] == "accepted" and runs[-1]["treatment"] in ("surgical_correction", "head_retrain")
+        assert all("played by `decide demo`" in a["reason"] for a in d["approvals"])
     assert d["status"] == "succeeded"
     acc = demo.acceptance
     assert acc["cardiomegaly_fpr_at_or_under_target"], acc
@@ -230,3 +235,35 @@ def test_site_b_reports_that_share_its_shift_get_one_site_decision_and_one_candi
     for row in group.reach:
         assert len(row["best_fpr"]) == 1 + sum(1 for r in runs if r["output_version_id"])
         assert all(v is None or 0.0 <= v <= 1.0 for v in row["best_fpr"].values())
+
+
+def test_the_monitor_files_subgroup_reports_at_site_b_and_the_gate_judges_their_fix_on_the_subgroup(demo):
+    """Issue 21: in site-b's labelled weeks the monitor files a report for a group of films whose FPR (or
+    recall) breaches its SLO where no whole-site report of that pathology and kind is filed for the window
+    (in the demo: Infiltration FPR 0.66 on AP films, the site as a whole 0.50); `decide reports` lists it
+    with its subgroup, and every candidate's target check is judged on that subgroup's own cases."""
+    exp, policy = demo.export, load_policy()
+    subgroup_reports = [r for r in exp["reports"] if r.get("subgroup")]
+    assert subgroup_reports, "the monitor filed no subgroup report in the demo's phantom scenario"
+    whole_site = {(r["site"], r["pathology"], r["kind"], r["window_start"]) for r in exp["reports"]
+                  if not r.get("subgroup")}
+    for r in subgroup_reports:
+        assert (r["site"], r["pathology"], r["kind"], r["window_start"]) not in whole_site  # no flood
+        slo, c = policy.slos.for_pathology(r["pathology"]), r["counts"]
+        if r["kind"] == "false_positives":  # the breach, and the value is its own counts' FPR
+            assert r["target"] == slo.max_fpr < r["value"] == pytest.approx(c["fp"] / (c["fp"] + c["tn"]))
+        else:
+            assert r["kind"] == "false_negatives"
+            assert r["target"] == slo.min_recall > r["value"] == pytest.approx(c["tp"] / (c["tp"] + c["fn"]))
+        assert "the site as a whole" in r["notes"]
+        [decision] = [d for d in exp["decisions"] if d["report_ids"] == [r["id"]]]  # its own (not a site group)
+        judged = [c for run in exp["runs"] if run["decision_id"] == decision["id"]
+                  for c in ((run.get("metrics") or {}).get("gate") or {}).get("checks", [])
+                  if c["name"].startswith("target_fixed")]
+        assert judged and all(f"({r['subgroup']})" in c["detail"] for c in judged), judged
+    env = {**os.environ, "DECIDE_HOME": str(demo.home)}
+    out = subprocess.run([sys.executable, "-m", "cli", "reports", "--site", "site-b", "--subgroups", "--json"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    listed = {r["id"]: r["subgroup"] for r in json.loads(out.stdout)}
+    assert listed == {r["id"]: r["subgroup"] for r in subgroup_reports if r["site"] == "site-b"} != {}
