@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -54,6 +55,9 @@ def _child(req: dict) -> None:
             from cxr import clock
 
             clock.set_offset(timedelta(seconds=float(os.environ["FAULTS_CLOCK_OFFSET_S"])))
+        # Ctrl-C raises KeyboardInterrupt, as in a `decide` started in a terminal — also when the test session
+        # itself runs in the background, where the shell starts it (and so every child) ignoring SIGINT
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.argv = ["decide", *req["args"]]
         from cli.app import main
 
